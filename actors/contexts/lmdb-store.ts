@@ -1,0 +1,161 @@
+import fs from 'node:fs';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { groupOf } from '../../runtime/hash.js';
+import type { StateView } from './state-view.js';
+import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
+
+/** Bumped when the on-disk layout changes incompatibly. */
+const FormatVersion = 1;
+
+type Key = (string | number)[];
+
+/**
+ * One LMDB environment per node. Every key starts with the group number, so one group's data
+ * is one contiguous range in each database (a snapshot is a read over that range):
+ *   contexts [g, id] · messages [g, id, seq] · overrides [g, id, seq] · summaries [g, id]
+ *   idem [g, id, key] · idem_order [g, id, n] · ids [id] → g (listing in id order)
+ */
+export class LmdbStore {
+  readonly root: RootDatabase;
+  readonly contexts: Database<ContextState, Key>;
+  readonly messages: Database<StoredMessage, Key>;
+  readonly overrides: Database<Override, Key>;
+  readonly summaries: Database<WindowMessage[], Key>;
+  readonly idem: Database<IdemEntry, Key>;
+  readonly idemOrder: Database<string, Key>;
+  readonly ids: Database<number, string>;
+  readonly meta: Database<unknown, string>;
+  readonly view: StateView;
+
+  private constructor(readonly dir: string, readonly groups: number) {
+    fs.mkdirSync(dir, { recursive: true });
+    // overlappingSync (the default on Linux): commits return before the fsync; durability is
+    // awaited separately through `flushed`, never assumed from a resolved write.
+    this.root = open({ path: dir, maxDbs: 16, overlappingSync: true, mapSize: 2 ** 34 });
+    const db = <V, K extends Key | string = Key>(name: string) => this.root.openDB<V, K>({ name });
+    this.contexts = db('contexts');
+    this.messages = db('messages');
+    this.overrides = db('overrides');
+    this.summaries = db('summaries');
+    this.idem = db('idem');
+    this.idemOrder = db('idem_order');
+    this.ids = db<number, string>('ids');
+    this.meta = db<unknown, string>('meta');
+    this.view = new LmdbView(this);
+  }
+
+  /** Opens (or creates) the store; refuses data written with another group count or format. */
+  static open(dir: string, groups: number): LmdbStore {
+    const store = new LmdbStore(dir, groups);
+    const found = store.meta.get('layout') as { format: number; groups: number } | undefined;
+    if (found && (found.format !== FormatVersion || found.groups !== groups)) {
+      store.root.close();
+      throw new Error(
+        `data in ${dir} was written with format ${found.format} and ${found.groups} groups; this node runs format ${FormatVersion} with FASTPACA_GROUPS=${groups}`,
+      );
+    }
+    if (!found) store.meta.putSync('layout', { format: FormatVersion, groups });
+    return store;
+  }
+
+  /** Runs `fn` in one write transaction and resolves once it is committed and on disk. */
+  async writeDurably<T>(fn: () => T): Promise<T> {
+    const result = await this.root.transaction(fn);
+    await this.root.flushed;
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await this.root.flushed;
+    await this.root.close();
+  }
+
+  group(id: string): number {
+    return groupOf(id, this.groups);
+  }
+}
+
+class LmdbView implements StateView {
+  constructor(private readonly s: LmdbStore) {}
+
+  private g(id: string): number {
+    return this.s.group(id);
+  }
+
+  getContext(id: string): ContextState | undefined {
+    return this.s.contexts.get([this.g(id), id]);
+  }
+  putContext(ctx: ContextState): void {
+    const g = this.g(ctx.id);
+    if (this.s.ids.get(ctx.id) === undefined) this.s.ids.putSync(ctx.id, g);
+    this.s.contexts.putSync([g, ctx.id], ctx);
+  }
+  getSummary(id: string): WindowMessage[] {
+    return this.s.summaries.get([this.g(id), id]) ?? [];
+  }
+  putSummary(id: string, messages: WindowMessage[]): void {
+    if (messages.length === 0) this.s.summaries.removeSync([this.g(id), id]);
+    else this.s.summaries.putSync([this.g(id), id], messages);
+  }
+  getMessage(id: string, seq: number): StoredMessage | undefined {
+    return this.s.messages.get([this.g(id), id, seq]);
+  }
+  putMessage(id: string, message: StoredMessage): void {
+    this.s.messages.putSync([this.g(id), id, message.seq], message);
+  }
+  messages(id: string, fromSeq: number, toSeq: number, limit: number): StoredMessage[] {
+    if (toSeq < fromSeq || limit <= 0) return [];
+    const g = this.g(id);
+    const out: StoredMessage[] = [];
+    for (const { value } of this.s.messages.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1], limit })) out.push(value);
+    return out;
+  }
+  getOverride(id: string, seq: number): Override | undefined {
+    return this.s.overrides.get([this.g(id), id, seq]);
+  }
+  putOverride(id: string, seq: number, override: Override): void {
+    this.s.overrides.putSync([this.g(id), id, seq], override);
+  }
+  deleteOverride(id: string, seq: number): void {
+    this.s.overrides.removeSync([this.g(id), id, seq]);
+  }
+  overrides(id: string, fromSeq: number, toSeq: number): Map<number, Override> {
+    const out = new Map<number, Override>();
+    if (toSeq < fromSeq) return out;
+    const g = this.g(id);
+    for (const { key, value } of this.s.overrides.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1] })) {
+      out.set(key[2] as number, value);
+    }
+    return out;
+  }
+  getIdem(id: string, key: string): IdemEntry | undefined {
+    return this.s.idem.get([this.g(id), id, key]);
+  }
+  putIdem(id: string, key: string, entry: IdemEntry): void {
+    this.s.idem.putSync([this.g(id), id, key], entry);
+  }
+  deleteIdem(id: string, key: string): void {
+    this.s.idem.removeSync([this.g(id), id, key]);
+  }
+  getIdemKeyAt(id: string, n: number): string | undefined {
+    return this.s.idemOrder.get([this.g(id), id, n]);
+  }
+  putIdemKeyAt(id: string, n: number, key: string): void {
+    this.s.idemOrder.putSync([this.g(id), id, n], key);
+  }
+  deleteIdemKeyAt(id: string, n: number): void {
+    this.s.idemOrder.removeSync([this.g(id), id, n]);
+  }
+  listContexts(prefix: string, after: string, limit: number): ContextState[] {
+    const out: ContextState[] = [];
+    const start = after >= prefix ? after : prefix;
+    for (const { key, value: g } of this.s.ids.getRange({ start })) {
+      if (key === after) continue;
+      if (!key.startsWith(prefix)) break;
+      const ctx = this.s.contexts.get([g, key]);
+      if (ctx) out.push(ctx);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,367 @@
+/**
+ * `fastpaca bench <scenario>`: runs a scenario against a node it starts itself (or `--url`),
+ * always next to a bare uWS echo measured in the same run, so the figure that matters is the
+ * ratio — absolute req/s on a shared 2-core box says more about the box than about us.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { httpRequest, runLoad } from './driver.js';
+import type { LoadResult } from './driver.js';
+
+export interface BenchArgs {
+  url?: string;
+  json: boolean;
+  durationS?: number;
+  connections?: number;
+}
+
+type Scenario = (args: BenchArgs, run: RunState) => Promise<number>;
+
+const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
+  append: {
+    describe: 'single-message appends spread over 1,000 contexts, against a bare uWS echo baseline',
+    run: appendScenario,
+  },
+};
+
+const DEFAULT_DURATION_S = 10;
+const DEFAULT_CONNECTIONS = 64;
+const CONTEXTS = 1000;
+const READY_TIMEOUT_MS = 30_000;
+const ECHO_START_TIMEOUT_MS = 10_000;
+const SETUP_TIMEOUT_MS = 60_000;
+const KILL_GRACE_MS = 5_000;
+
+const ECHO_SCRIPT = fileURLToPath(new URL('./echo-server.js', import.meta.url));
+const NODE_SCRIPT = fileURLToPath(new URL('../bin/fastpaca.js', import.meta.url));
+
+/** Children and temp dirs a run created, so `finally` can undo them whatever failed. */
+interface RunState {
+  children: ChildProcess[];
+  tempDirs: string[];
+}
+
+/** Runs one scenario and returns the process exit code (0 ok, 1 failed, 2 usage). */
+export async function runBench(scenario: string, args: BenchArgs): Promise<number> {
+  const entry = Object.hasOwn(SCENARIOS, scenario) ? SCENARIOS[scenario] : undefined;
+  if (entry === undefined) {
+    const lines = Object.entries(SCENARIOS).map(([name, s]) => `  ${name.padEnd(10)} ${s.describe}`);
+    process.stderr.write(`unknown scenario ${JSON.stringify(scenario)}; scenarios:\n${lines.join('\n')}\n`);
+    return 2;
+  }
+  if (args.durationS !== undefined && !(args.durationS > 0 && args.durationS <= 3600)) {
+    process.stderr.write('bench: duration must be between 0 and 3600 seconds\n');
+    return 2;
+  }
+  if (args.connections !== undefined && !(Number.isInteger(args.connections) && args.connections >= 1 && args.connections <= 10_000)) {
+    process.stderr.write('bench: connections must be a whole number between 1 and 10000\n');
+    return 2;
+  }
+  const state: RunState = { children: [], tempDirs: [] };
+  try {
+    return await entry.run(args, state);
+  } catch (err) {
+    process.stderr.write(`bench ${scenario} failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  } finally {
+    await Promise.all(state.children.map((c) => stopChild(c)));
+    await Promise.all(state.tempDirs.map((d) => rm(d, { recursive: true, force: true })));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// append
+
+interface Target {
+  host: string;
+  port: number;
+  /** Path prefix from --url, without a trailing slash. */
+  base: string;
+  /** Host header value; matters only behind a proxy that routes on it. */
+  hostHeader: string;
+  headers: Record<string, string>;
+}
+
+async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
+  const durationS = args.durationS ?? DEFAULT_DURATION_S;
+  const connections = args.connections ?? DEFAULT_CONNECTIONS;
+  // A short smoke run should not spend most of its time warming up.
+  const warmupS = Math.min(2, durationS / 2);
+  const log = (msg: string): void => void process.stderr.write(`bench: ${msg}\n`);
+
+  // Baseline first, on its own, so the two servers never compete for the two cores.
+  const echoPort = await freePort();
+  log(`starting echo baseline on 127.0.0.1:${echoPort}`);
+  const echo = spawnChild(run, [ECHO_SCRIPT, String(echoPort), '127.0.0.1'], process.env);
+  await waitForLine(echo, `{"listening":${echoPort}}`, ECHO_START_TIMEOUT_MS);
+  const echoTarget: Target = { host: '127.0.0.1', port: echoPort, base: '', hostHeader: 'localhost', headers: {} };
+  log(`driving echo: ${connections} connections, ${warmupS}s warmup + ${durationS}s`);
+  const baseline = await runLoad({
+    host: echoTarget.host,
+    port: echoTarget.port,
+    connections,
+    durationS,
+    warmupS,
+    expectStatus: 201,
+    request: appendRequests(echoTarget, connections),
+  });
+  await stopChild(echo);
+
+  let target: Target;
+  if (args.url !== undefined) {
+    target = targetFromUrl(args.url);
+  } else {
+    const port = await freePort();
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fastpaca-bench-'));
+    run.tempDirs.push(dataDir);
+    log(`starting node on 127.0.0.1:${port} with data in ${dataDir}`);
+    spawnChild(run, [NODE_SCRIPT, 'serve'], {
+      ...process.env,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      FASTPACA_DATA_DIR: dataDir,
+      LOG_LEVEL: 'warn',
+    });
+    target = { host: '127.0.0.1', port, base: '', hostHeader: 'localhost', headers: {} };
+  }
+  const origin = `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${target.base}`;
+  await waitReady(origin, target.headers, run);
+  log(`creating ${CONTEXTS} contexts`);
+  await createContexts(origin, target.headers);
+
+  log(`driving appends: ${connections} connections, ${warmupS}s warmup + ${durationS}s`);
+  const result = await runLoad({
+    host: target.host,
+    port: target.port,
+    connections,
+    durationS,
+    warmupS,
+    expectStatus: 201,
+    request: appendRequests(target, connections),
+  });
+
+  const ratio = baseline.ops_per_s > 0 ? result.ops_per_s / baseline.ops_per_s : 0;
+  printTable([
+    ['echo (bare uWS)', baseline],
+    ['append', result],
+  ]);
+  process.stdout.write(`ratio append/echo: ${ratio.toFixed(3)}\n`);
+  for (const [name, r] of [['echo', baseline], ['append', result]] as const) {
+    if (r.first_error !== undefined) process.stdout.write(`${name}: first error: ${r.first_error}\n`);
+  }
+  if (args.json) {
+    const summary = {
+      scenario: 'append',
+      ops_per_s: Math.round(result.ops_per_s),
+      p50_ms: round(result.p50_ms, 3),
+      p99_ms: round(result.p99_ms, 3),
+      p999_ms: round(result.p999_ms, 3),
+      errors: result.errors,
+      baseline_per_s: Math.round(baseline.ops_per_s),
+      ratio: round(ratio, 3),
+      driver_cpu_pct: round(result.driver_cpu_pct, 1),
+    };
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+  }
+  return result.errors > 0 || baseline.errors > 0 ? 1 : 0;
+}
+
+/** ~250 characters of fixed prose, so every run appends identical bytes. */
+const TEXT = (
+  'The quick brown fox jumps over the lazy dog while the assistant summarises the previous ' +
+  'turns of the conversation, keeps the newest messages in the window, and reports token counts ' +
+  'back to the caller so the client can decide when to compact the history.'
+).slice(0, 250);
+
+/**
+ * Prebuilds one request per context id (the same bytes for echo and the real node) and hands
+ * them out round-robin, each connection starting at its own offset so that concurrent
+ * connections hit different contexts rather than contending on one.
+ */
+function appendRequests(target: Target, connections: number): (conn: number, n: number) => Buffer {
+  const body = JSON.stringify({ message: { role: 'user', parts: [{ type: 'text', text: TEXT }] } });
+  const headers = { ...target.headers, host: target.hostHeader };
+  const reqs: Buffer[] = [];
+  for (let i = 0; i < CONTEXTS; i++) {
+    reqs.push(httpRequest('POST', `${target.base}/v1/contexts/bench-${i}/messages`, body, headers));
+  }
+  const stride = Math.max(1, Math.floor(CONTEXTS / connections));
+  return (conn, n) => reqs[(conn * stride + n) % CONTEXTS]!;
+}
+
+function targetFromUrl(raw: string): Target {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`--url ${JSON.stringify(raw)} is not a URL`);
+  }
+  if (url.protocol !== 'http:') throw new Error('--url must be http:// (the driver does not speak TLS)');
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const headers: Record<string, string> = {};
+  // A node started with FASTPACA_API_KEY refuses /v1 without it; reuse the caller's env.
+  const key = process.env.FASTPACA_API_KEY;
+  if (key) headers.authorization = `Bearer ${key}`;
+  return { host, port: url.port === '' ? 80 : Number(url.port), base: url.pathname.replace(/\/+$/, ''), hostHeader: url.host, headers };
+}
+
+async function waitReady(origin: string, headers: Record<string, string>, run: RunState): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    for (const child of run.children) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`node exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${outputTail(child)}`);
+      }
+    }
+    try {
+      const res = await fetch(`${origin}/health/ready`, { headers, signal: AbortSignal.timeout(2000) });
+      last = `${res.status} ${await res.text()}`;
+      if (res.status === 200) return;
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err);
+    }
+    await sleep(200);
+  }
+  const tails = run.children.map((c) => outputTail(c)).join('\n');
+  throw new Error(`node not ready after ${READY_TIMEOUT_MS / 1000}s (last: ${last})${tails ? `\n${tails}` : ''}`);
+}
+
+async function createContexts(origin: string, headers: Record<string, string>): Promise<void> {
+  const deadline = Date.now() + SETUP_TIMEOUT_MS;
+  const body = JSON.stringify({ token_budget: 100000 });
+  let next = 0;
+  // A few parallel lanes: setup speed is not measured, it only has to finish in bounded time.
+  const lane = async (): Promise<void> => {
+    while (next < CONTEXTS) {
+      if (Date.now() > deadline) throw new Error(`creating contexts took over ${SETUP_TIMEOUT_MS / 1000}s`);
+      const i = next++;
+      const res = await fetch(`${origin}/v1/contexts/bench-${i}`, {
+        method: 'PUT',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body,
+        signal: AbortSignal.timeout(5000),
+      });
+      const text = await res.text();
+      if (res.status < 200 || res.status > 299) throw new Error(`PUT /v1/contexts/bench-${i} answered ${res.status}: ${text.slice(0, 200)}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, lane));
+}
+
+// ---------------------------------------------------------------------------------------------
+// output
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function printTable(rows: ReadonlyArray<readonly [string, LoadResult]>): void {
+  const header = ['', 'ops/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'errors', 'driver cpu%'];
+  const body = rows.map(([name, r]) => [
+    name,
+    Math.round(r.ops_per_s).toString(),
+    r.p50_ms.toFixed(3),
+    r.p99_ms.toFixed(3),
+    r.p999_ms.toFixed(3),
+    r.max_ms.toFixed(3),
+    r.errors.toString(),
+    r.driver_cpu_pct.toFixed(1),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
+  const fmt = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  process.stdout.write(`${[fmt(header), ...body.map(fmt)].join('\n')}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// processes
+
+const TAIL_BYTES = 8 * 1024;
+const tails = new WeakMap<ChildProcess, { text: string }>();
+
+/**
+ * Spawns `node <argv>` and always drains its stdout/stderr: a child writing logs into a pipe
+ * nobody reads blocks once the pipe fills, which would show up as a latency cliff.
+ */
+function spawnChild(run: RunState, argv: string[], env: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn(process.execPath, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  run.children.push(child);
+  const tail = { text: '' };
+  tails.set(child, tail);
+  const keep = (chunk: Buffer): void => {
+    tail.text = (tail.text + chunk.toString('utf8')).slice(-TAIL_BYTES);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  // Spawn failures surface as 'error'; without a listener they would crash the bench process.
+  child.on('error', (err) => keep(Buffer.from(`spawn error: ${err.message}\n`)));
+  return child;
+}
+
+function outputTail(child: ChildProcess): string {
+  const text = tails.get(child)?.text.trim() ?? '';
+  return text === '' ? '' : `--- output of pid ${child.pid} ---\n${text}`;
+}
+
+function waitForLine(child: ChildProcess, line: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      child.stdout?.off('data', onData);
+      child.off('exit', onExit);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onData = (chunk: Buffer): void => {
+      seen = (seen + chunk.toString('utf8')).slice(-TAIL_BYTES);
+      if (seen.split('\n').some((l) => l.trim() === line)) done();
+    };
+    const onExit = (): void => done(new Error(`child exited (${child.exitCode ?? child.signalCode}) before printing ${line}\n${outputTail(child)}`));
+    const timer = setTimeout(() => done(new Error(`no ${line} within ${timeoutMs / 1000}s\n${outputTail(child)}`)), timeoutMs);
+    child.stdout?.on('data', onData);
+    child.on('exit', onExit);
+    if (child.exitCode !== null || child.signalCode !== null) onExit();
+  });
+}
+
+/** SIGTERM by pid, SIGKILL if still alive after the grace period; resolves once it has exited. */
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const killTimer = setTimeout(() => {
+      child.kill('SIGKILL');
+      // If even SIGKILL goes unacknowledged, do not hang the bench forever.
+      setTimeout(finish, 2000).unref();
+    }, KILL_GRACE_MS);
+    function finish(): void {
+      clearTimeout(killTimer);
+      resolve();
+    }
+    child.once('exit', finish);
+    child.kill('SIGTERM');
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('could not find a free port'))));
+    });
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

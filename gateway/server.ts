@@ -1,0 +1,134 @@
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import uws from 'uWebSockets.js';
+import type { Groups } from '../actors/contexts/groups.js';
+import type { Config } from '../runtime/config.js';
+import { FastpacaError } from '../runtime/errors.js';
+import type { Logger } from '../runtime/log.js';
+import { metrics, registry } from '../runtime/metrics.js';
+import { errorReply, readBody, send, type Reply, type Req } from './http.js';
+import { buildRoutes, matchRoute } from './routes.js';
+import { TokenBucket } from './token-bucket.js';
+
+/** uWebSockets.js silently falls back to a slow JavaScript build when its binary fails to load. */
+export function assertNativeUws(): void {
+  if (!String(uws.App).includes('[native code]')) {
+    throw new Error('uWebSockets.js is running its JavaScript fallback, not the native build; refusing to start');
+  }
+}
+
+export interface Gateway {
+  listen(): Promise<number>;
+  /** Stops accepting connections; requests in flight still get their answers. */
+  stopListening(): void;
+  /** Resolves when every request in flight has been answered (or the deadline passes). */
+  drain(deadlineMs: number): Promise<void>;
+}
+
+const BodyMethods = new Set(['POST', 'PUT', 'PATCH']);
+
+export function createGateway(config: Config, groups: Groups, log: Logger): Gateway {
+  assertNativeUws();
+  const app = uws.App();
+  const routes = buildRoutes(groups);
+  const bucket = config.rateLimitPerS === undefined ? undefined : new TokenBucket(config.rateLimitPerS, config.rateLimitPerS);
+  const apiKey = config.apiKey === undefined ? undefined : Buffer.from(`Bearer ${config.apiKey}`);
+  let listenSocket: uws.us_listen_socket | undefined;
+  let inflight = 0;
+
+  const authorized = (header: string): boolean => {
+    if (!apiKey) return true;
+    const given = Buffer.from(header);
+    return given.length === apiKey.length && timingSafeEqual(given, apiKey);
+  };
+
+  const operational = (path: string): Reply | undefined => {
+    if (path === '/health/live') return { status: 200, body: { status: 'ok' } };
+    if (path === '/health/ready') {
+      const r = groups.readiness();
+      return r.ready ? { status: 200, body: { status: 'ready' } } : { status: 503, body: { status: 'starting', reason: r.reason } };
+    }
+    return undefined;
+  };
+
+  app.any('/*', (res, req) => {
+    const state = { aborted: false };
+    res.onAborted(() => {
+      state.aborted = true;
+    });
+    const method = req.getMethod().toUpperCase();
+    const path = req.getUrl();
+    const rawQuery = req.getQuery() ?? '';
+
+    if (method === 'GET' && path.startsWith('/health/')) {
+      const reply = operational(path);
+      if (reply) return send(res, state, reply);
+    }
+    if (method === 'GET' && path === '/metrics') {
+      inflight++;
+      void registry.metrics().then(
+        (text) => send(res, state, { status: 200, body: text, headers: { 'content-type': registry.contentType } }),
+        (err: unknown) => send(res, state, failure(err, 'metrics')),
+      ).finally(() => inflight--);
+      return;
+    }
+
+    const match = matchRoute(routes, method, path);
+    const routeName = typeof match === 'string' ? match : match.route.name;
+    const finish = (reply: Reply, close = false) => {
+      metrics.httpRequests.inc({ route: routeName, status: `${Math.floor(reply.status / 100)}xx` });
+      send(res, state, reply, close);
+    };
+
+    if (path.startsWith('/v1/') || path === '/v1') {
+      if (!authorized(req.getHeader('authorization'))) return finish(errorReply(new FastpacaError('unauthorized', 'this node requires Authorization: Bearer <key>')));
+      if (bucket && !bucket.take()) return finish(errorReply(new FastpacaError('rate_limited', 'this node is over its request rate limit', { retryAfterS: 1 })));
+    }
+    if (match === 'not_found') return finish(errorReply(new FastpacaError('not_found', `no route for ${method} ${path}`)));
+    if (match === 'method_not_allowed') return finish(errorReply(new FastpacaError('method_not_allowed', `${method} is not allowed on ${path}`)));
+
+    const partial: Omit<Req, 'body'> = {
+      method,
+      path,
+      query: new URLSearchParams(rawQuery),
+      headers: { authorization: '', idempotencyKey: req.getHeader('idempotency-key'), contentType: req.getHeader('content-type') },
+      params: match.params,
+    };
+    inflight++;
+    const body = BodyMethods.has(method) ? readBody(res, req, config.maxBodyBytes) : Promise.resolve(Buffer.alloc(0));
+    body
+      .then((b) => match.route.handler({ ...partial, body: b }))
+      .then(
+        (reply) => finish(reply),
+        // A refused body is answered before it is read to the end: close that connection.
+        (err: unknown) => finish(failure(err, match.route.name), err instanceof FastpacaError && err.code === 'payload_too_large'),
+      )
+      .finally(() => inflight--);
+  });
+
+  function failure(err: unknown, route: string): Reply {
+    if (err instanceof FastpacaError) return errorReply(err);
+    const requestId = randomUUID();
+    metrics.internalErrors.inc();
+    log.error('request failed', { err, route, request_id: requestId });
+    return { status: 500, body: { error: 'internal', message: `internal error; request id ${requestId}`, request_id: requestId } };
+  }
+
+  return {
+    listen: () =>
+      new Promise((resolve, reject) => {
+        app.listen(config.host, config.port, (socket) => {
+          if (!socket) return reject(new Error(`cannot listen on ${config.host}:${config.port}`));
+          listenSocket = socket;
+          resolve(uws.us_socket_local_port(socket));
+        });
+      }),
+    stopListening: () => {
+      if (listenSocket) uws.us_listen_socket_close(listenSocket);
+      listenSocket = undefined;
+    },
+    drain: async (deadlineMs) => {
+      const until = Date.now() + deadlineMs;
+      while (inflight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    },
+  };
+}

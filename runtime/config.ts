@@ -1,0 +1,71 @@
+import os from 'node:os';
+import path from 'node:path';
+import { isLogLevel, type LogLevel } from './log.js';
+
+export const Tokenizers = ['approx', 'o200k_base', 'cl100k_base'] as const;
+export type Tokenizer = (typeof Tokenizers)[number];
+export function isTokenizer(value: unknown): value is Tokenizer {
+  return typeof value === 'string' && (Tokenizers as readonly string[]).includes(value);
+}
+
+export interface Config {
+  port: number;
+  host: string;
+  dataDir: string;
+  nodeId: string;
+  groups: number;
+  tokenizer: Tokenizer;
+  apiKey: string | undefined;
+  maxBodyBytes: number;
+  /** Requests per second for the whole node; undefined means no limit. */
+  rateLimitPerS: number | undefined;
+  logLevel: LogLevel;
+  /** Commands waiting for a write round before new ones get 503 `overloaded`. */
+  pendingMax: number;
+  /** Commands applied in one LMDB transaction (one fsync). */
+  batchMax: number;
+  /** Threads in the piscina pool for exact token counts. */
+  tokenizerThreads: number;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(`${name} must be a whole number, got ${JSON.stringify(raw)}`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+/** Reads the node's configuration from the environment; throws ConfigError with a clear sentence. */
+export function loadConfig(env: Env = process.env): Config {
+  const tokenizer = env.FASTPACA_TOKENIZER || 'approx';
+  if (!isTokenizer(tokenizer)) throw new ConfigError(`FASTPACA_TOKENIZER must be one of ${Tokenizers.join(', ')}`);
+  const logLevel = env.LOG_LEVEL || 'info';
+  if (!isLogLevel(logLevel)) throw new ConfigError('LOG_LEVEL must be one of debug, info, warn, error');
+  const rate = env.FASTPACA_RATE_LIMIT;
+  return {
+    port: int(env, 'PORT', 4000, 0, 65535),
+    host: env.HOST || '0.0.0.0',
+    dataDir: path.resolve(env.FASTPACA_DATA_DIR || './data'),
+    nodeId: env.FASTPACA_NODE_ID || os.hostname(),
+    groups: int(env, 'FASTPACA_GROUPS', 256, 1, 65536),
+    tokenizer,
+    apiKey: env.FASTPACA_API_KEY || undefined,
+    maxBodyBytes: int(env, 'FASTPACA_MAX_BODY_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
+    rateLimitPerS: rate === undefined || rate === '' ? undefined : int(env, 'FASTPACA_RATE_LIMIT', 0, 1, 10_000_000),
+    logLevel,
+    pendingMax: int(env, 'FASTPACA_PENDING_MAX', 20_000, 1, 1_000_000),
+    batchMax: int(env, 'FASTPACA_BATCH_MAX', 2_000, 1, 100_000),
+    tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
+  };
+}

@@ -1,0 +1,55 @@
+import client from 'prom-client';
+
+/**
+ * The node's metrics. Names start with fastpaca_; no label ever carries an id, so cardinality
+ * stays fixed however many conversations there are.
+ */
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry, prefix: 'fastpaca_process_' });
+
+export const metrics = {
+  httpRequests: new client.Counter({
+    name: 'fastpaca_http_requests_total',
+    help: 'HTTP requests answered, by route and status class',
+    labelNames: ['route', 'status'] as const,
+    registers: [registry],
+  }),
+  writeRounds: new client.Counter({
+    name: 'fastpaca_write_rounds_total',
+    help: 'LMDB write rounds (one transaction and one fsync each)',
+    registers: [registry],
+  }),
+  commandsApplied: new client.Counter({
+    name: 'fastpaca_commands_applied_total',
+    help: 'Commands applied by the state machine, by kind',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  }),
+  commandsRejected: new client.Counter({
+    name: 'fastpaca_commands_overloaded_total',
+    help: 'Writes refused with 503 overloaded because the pending queue was full',
+    registers: [registry],
+  }),
+  roundSeconds: new client.Histogram({
+    name: 'fastpaca_write_round_seconds',
+    help: 'Time from the start of a write round to its fsync',
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [registry],
+  }),
+  roundCommands: new client.Histogram({
+    name: 'fastpaca_write_round_commands',
+    help: 'Commands per write round',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+    registers: [registry],
+  }),
+  pendingCommands: new client.Gauge({
+    name: 'fastpaca_pending_commands',
+    help: 'Commands waiting for a write round',
+    registers: [registry],
+  }),
+  internalErrors: new client.Counter({
+    name: 'fastpaca_internal_errors_total',
+    help: 'Bugs caught at a boundary (answered with 500 internal)',
+    registers: [registry],
+  }),
+};
