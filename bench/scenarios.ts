@@ -63,14 +63,26 @@ export async function runBench(scenario: string, args: BenchArgs): Promise<numbe
     return 2;
   }
   const state: RunState = { children: [], tempDirs: [] };
+  const cleanup = async (): Promise<void> => {
+    await Promise.all(state.children.map((c) => stopChild(c)));
+    await Promise.all(state.tempDirs.map((d) => rm(d, { recursive: true, force: true })));
+  };
+  // Ctrl-C or a CI timeout must not leave a node holding a port and a temp dir behind.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    process.stderr.write(`bench: ${signal}, stopping children\n`);
+    void cleanup().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     return await entry.run(args, state);
   } catch (err) {
     process.stderr.write(`bench ${scenario} failed: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;
   } finally {
-    await Promise.all(state.children.map((c) => stopChild(c)));
-    await Promise.all(state.tempDirs.map((d) => rm(d, { recursive: true, force: true })));
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanup();
   }
 }
 
@@ -113,6 +125,7 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
   await stopChild(echo);
 
   let target: Target;
+  let node: ChildProcess | undefined;
   if (args.url !== undefined) {
     target = targetFromUrl(args.url);
   } else {
@@ -120,7 +133,7 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
     const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fastpaca-bench-'));
     run.tempDirs.push(dataDir);
     log(`starting node on 127.0.0.1:${port} with data in ${dataDir}`);
-    spawnChild(run, [NODE_SCRIPT, 'serve'], {
+    node = spawnChild(run, [NODE_SCRIPT, 'serve'], {
       ...process.env,
       PORT: String(port),
       HOST: '127.0.0.1',
@@ -130,7 +143,7 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
     target = { host: '127.0.0.1', port, base: '', hostHeader: 'localhost', headers: {} };
   }
   const origin = `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${target.base}`;
-  await waitReady(origin, target.headers, run);
+  await waitReady(origin, target.headers, node);
   log(`creating ${CONTEXTS} contexts`);
   await createContexts(origin, target.headers);
 
@@ -210,14 +223,13 @@ function targetFromUrl(raw: string): Target {
   return { host, port: url.port === '' ? 80 : Number(url.port), base: url.pathname.replace(/\/+$/, ''), hostHeader: url.host, headers };
 }
 
-async function waitReady(origin: string, headers: Record<string, string>, run: RunState): Promise<void> {
+/** Polls /health/ready; `node` is the child we started, if any, so its early death fails fast. */
+async function waitReady(origin: string, headers: Record<string, string>, node: ChildProcess | undefined): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   let last = 'no answer';
   while (Date.now() < deadline) {
-    for (const child of run.children) {
-      if (child.exitCode !== null || child.signalCode !== null) {
-        throw new Error(`node exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${outputTail(child)}`);
-      }
+    if (node !== undefined && (node.exitCode !== null || node.signalCode !== null)) {
+      throw new Error(`node exited (${node.exitCode ?? node.signalCode}) before it was ready\n${outputTail(node)}`);
     }
     try {
       const res = await fetch(`${origin}/health/ready`, { headers, signal: AbortSignal.timeout(2000) });
@@ -228,8 +240,8 @@ async function waitReady(origin: string, headers: Record<string, string>, run: R
     }
     await sleep(200);
   }
-  const tails = run.children.map((c) => outputTail(c)).join('\n');
-  throw new Error(`node not ready after ${READY_TIMEOUT_MS / 1000}s (last: ${last})${tails ? `\n${tails}` : ''}`);
+  const tail = node === undefined ? '' : outputTail(node);
+  throw new Error(`${origin} not ready after ${READY_TIMEOUT_MS / 1000}s (last: ${last})${tail ? `\n${tail}` : ''}`);
 }
 
 async function createContexts(origin: string, headers: Record<string, string>): Promise<void> {
