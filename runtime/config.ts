@@ -24,6 +24,8 @@ export interface Config {
   pendingMax: number;
   /** Commands applied in one LMDB transaction (one fsync). */
   batchMax: number;
+  /** Write rounds in flight (committed, awaiting fsync) at once. */
+  roundsInflightMax: number;
   /** Threads in the piscina pool for exact token counts. */
   tokenizerThreads: number;
 }
@@ -66,6 +68,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     pendingMax: int(env, 'FASTPACA_PENDING_MAX', 20_000, 1, 1_000_000),
     batchMax: int(env, 'FASTPACA_BATCH_MAX', 2_000, 1, 100_000),
+    roundsInflightMax: int(env, 'FASTPACA_ROUNDS_INFLIGHT_MAX', 4, 1, 64),
     tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
   };
 }

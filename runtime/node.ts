@@ -29,6 +29,7 @@ export async function startNode(config: Config, log: Logger): Promise<RunningNod
     log,
     pendingMax: config.pendingMax,
     batchMax: config.batchMax,
+    roundsInflightMax: config.roundsInflightMax,
   });
   const groups = new LocalGroups(config.groups, host);
   const gateway = createGateway(config, groups, log);

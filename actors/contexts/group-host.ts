@@ -17,6 +17,8 @@ export interface HostOptions {
   pendingMax: number;
   /** Commands applied in one transaction. */
   batchMax: number;
+  /** Rounds committed but not yet known durable; lmdb-js folds those waiting on a sync into one. */
+  roundsInflightMax: number;
 }
 
 interface Pending {
@@ -26,20 +28,24 @@ interface Pending {
 }
 
 /**
- * Hosts the context groups of this node and commits their writes in rounds: every command
- * queued while the previous round was on its way to disk is applied in one LMDB transaction,
- * then one fsync, then every caller of the round is answered. Nothing is acknowledged before
- * it is durable. Reads run only between rounds, so they never see a write that is not yet on
- * disk (and could still be lost), and always see every write already acknowledged.
+ * Hosts the context groups of this node and commits their writes in rounds. A round applies
+ * the commands queued so far in one LMDB write transaction; a caller is answered only once its
+ * round is committed and fsynced. Rounds are pipelined: while one is being synced the next is
+ * already applied and committed, and lmdb-js folds transactions queued behind a sync into one,
+ * so the busier the disk, the more commands share an fsync.
+ *
+ * Reads are a barrier: a read that arrives while rounds are in flight waits until they are all
+ * durable (no new round starts meanwhile), then runs. So a read sees every acknowledged write
+ * and never a write that is not yet on disk and could still be lost.
  */
 export class GroupHost {
   private queue: Pending[] = [];
   private waitingReads: Array<() => void> = [];
   private preparing = 0;
-  private roundRunning = false;
+  private roundsInflight = 0;
+  private pumpScheduled = false;
   private closed = false;
-  private idle: Promise<void> = Promise.resolve();
-  private markIdle: () => void = () => {};
+  private drained: Array<() => void> = [];
 
   constructor(
     private readonly store: LmdbStore,
@@ -65,7 +71,13 @@ export class GroupHost {
 
   /** Answers a read with every acknowledged write visible and nothing that is not yet durable. */
   read(req: ReadRequest): Promise<QueryResult> {
-    if (!this.roundRunning) return Promise.resolve(query(this.store.view, req));
+    if (this.roundsInflight === 0) {
+      try {
+        return Promise.resolve(query(this.store.view, req));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     return new Promise((resolve, reject) => {
       this.waitingReads.push(() => {
         try {
@@ -77,12 +89,14 @@ export class GroupHost {
     });
   }
 
-  /** Stops taking writes and waits for every queued one to be durable. */
+  /** Stops taking writes and waits until every accepted one is durable and answered. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.roundRunning || this.preparing > 0 || this.queue.length > 0) {
-      await this.idle;
-      if (this.preparing > 0) await new Promise((r) => setTimeout(r, 5));
+    while (this.preparing > 0 || this.queue.length > 0 || this.roundsInflight > 0) {
+      await new Promise<void>((r) => {
+        this.drained.push(r);
+        setTimeout(r, 20); // preparing (BPE counts) has no event of its own: poll it
+      });
     }
   }
 
@@ -90,54 +104,65 @@ export class GroupHost {
     return new Promise((resolve, reject) => {
       this.queue.push({ cmd, resolve, reject });
       metrics.pendingCommands.set(this.queue.length);
-      if (!this.roundRunning) {
-        this.roundRunning = true;
-        this.idle = new Promise((r) => (this.markIdle = r));
-        // setImmediate lets every request that arrived in this event-loop turn join the round.
-        setImmediate(() => void this.rounds());
-      }
+      this.schedulePump();
     });
   }
 
-  private async rounds(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, this.opts.batchMax);
-        metrics.pendingCommands.set(this.queue.length);
-        const started = performance.now();
-        let results: Array<CommandResult | Error>;
-        try {
-          results = await this.store.writeDurably(() => batch.map((p) => this.applyOne(p.cmd)));
-        } catch (err) {
-          // The transaction did not commit: nothing of this round is applied, so it is safe to
-          // tell every caller the write failed (and retrying with an idempotency key is exact).
+  /** setImmediate lets every request that arrived in this event-loop turn join the same round. */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.waitingReads.length > 0) {
+      if (this.roundsInflight > 0) return; // the barrier: the last round to finish pumps again
+      const reads = this.waitingReads;
+      this.waitingReads = [];
+      for (const r of reads) r();
+    }
+    while (this.queue.length > 0 && this.roundsInflight < this.opts.roundsInflightMax) {
+      this.startRound(this.queue.splice(0, this.opts.batchMax));
+    }
+    metrics.pendingCommands.set(this.queue.length);
+    if (this.roundsInflight === 0 && this.queue.length === 0) {
+      for (const r of this.drained.splice(0)) r();
+    }
+  }
+
+  private startRound(batch: Pending[]): void {
+    this.roundsInflight++;
+    const started = performance.now();
+    this.store
+      .writeDurably(() => batch.map((p) => this.applyOne(p.cmd)))
+      .then(
+        (results) => {
+          metrics.writeRounds.inc();
+          metrics.roundCommands.observe(batch.length);
+          metrics.roundSeconds.observe((performance.now() - started) / 1000);
+          for (let i = 0; i < batch.length; i++) {
+            const r = results[i]!;
+            if (r instanceof Error) batch[i]!.reject(r);
+            else batch[i]!.resolve(r);
+          }
+        },
+        (err: unknown) => {
+          // The transaction did not commit, so nothing of this round is applied: every caller
+          // may be told the write failed (and a retry with an idempotency key stays exact).
           this.opts.log.error('write round failed', { err, commands: batch.length });
           metrics.internalErrors.inc();
           const failure = new FastpacaError('unavailable', 'storage write failed; retry', { retryAfterS: 1 });
           for (const p of batch) p.reject(failure);
-          continue;
-        }
-        metrics.writeRounds.inc();
-        metrics.roundCommands.observe(batch.length);
-        metrics.roundSeconds.observe((performance.now() - started) / 1000);
-        for (let i = 0; i < batch.length; i++) {
-          const r = results[i]!;
-          if (r instanceof Error) batch[i]!.reject(r);
-          else batch[i]!.resolve(r);
-        }
-        this.serveReads();
-      }
-    } finally {
-      this.roundRunning = false;
-      this.serveReads();
-      this.markIdle();
-    }
-  }
-
-  private serveReads(): void {
-    const reads = this.waitingReads;
-    this.waitingReads = [];
-    for (const r of reads) r();
+        },
+      )
+      .finally(() => {
+        this.roundsInflight--;
+        this.pump();
+      });
   }
 
   /**
