@@ -25,6 +25,8 @@ export interface Gateway {
 }
 
 const BodyMethods = new Set(['POST', 'PUT', 'PATCH']);
+/** uWS's LIBUS_LISTEN_EXCLUSIVE_PORT (ListenOptions in its typings, which isolatedModules cannot read). */
+const ListenExclusivePort = 1;
 
 export function createGateway(config: Config, groups: Groups, log: Logger): Gateway {
   assertNativeUws();
@@ -116,8 +118,12 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
   return {
     listen: () =>
       new Promise((resolve, reject) => {
-        app.listen(config.host, config.port, (socket) => {
-          if (!socket) return reject(new Error(`cannot listen on ${config.host}:${config.port}`));
+        // uWS binds with SO_REUSEPORT unless told otherwise: a second node started on the same
+        // port would then silently share its traffic. Claim the port exclusively. (The typings
+        // lack the host + options overload that the native build has.)
+        const listen = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: uws.us_listen_socket | false) => void) => void;
+        listen.call(app, config.host, config.port, ListenExclusivePort, (socket) => {
+          if (!socket) return reject(new Error(`cannot listen on ${config.host}:${config.port}: the port is taken or the address is not local`));
           listenSocket = socket;
           resolve(uws.us_socket_local_port(socket));
         });

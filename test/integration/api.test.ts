@@ -1,6 +1,7 @@
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { call, startServer, type TestServer } from '../support/server.js';
+import { spawnSync } from 'node:child_process';
+import { call, cli, startServer, tempDir, type TestServer } from '../support/server.js';
 
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }] });
 const isoMs = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
@@ -332,6 +333,22 @@ describe('HTTP API limits and auth (one real node each)', () => {
       expect(over[0]!.headers.get('retry-after')).toBe('1');
       expect(created.length + over.length).toBe(200);
       expect((await call(s.url, 'GET', '/v1/contexts/busy')).body.last_seq).toBe(created.length);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('refuses to share its port with another process (no silent SO_REUSEPORT)', async () => {
+    const s = await startServer();
+    try {
+      const second = spawnSync(process.execPath, [cli, 'serve'], {
+        env: { ...process.env, PORT: String(s.port), HOST: '127.0.0.1', FASTPACA_DATA_DIR: tempDir(), LOG_LEVEL: 'warn' },
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(second.status).toBe(1);
+      expect(second.stderr + second.stdout).toMatch(/cannot listen/);
+      expect((await call(s.url, 'GET', '/health/live')).status).toBe(200);
     } finally {
       await s.stop();
     }
