@@ -93,7 +93,7 @@ function put(view: StateView, cmd: Extract<Command, { t: 'put' }>, opts: Machine
     }
     const ctx = newContext(cmd.id, cmd.at, fields, opts);
     if (fields.tombstone) ctx.status = 'tombstoned';
-    view.putContext(ctx);
+    view.putContext(ctx, true);
     return { ok: true, value: ctx };
   }
   if (existing.status === 'tombstoned') {

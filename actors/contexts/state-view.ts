@@ -6,7 +6,8 @@ import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } 
  */
 export interface StateView {
   getContext(id: string): ContextState | undefined;
-  putContext(ctx: ContextState): void;
+  /** `created` is true when the record did not exist before (it joins the id listing). */
+  putContext(ctx: ContextState, created?: boolean): void;
 
   getSummary(id: string): WindowMessage[];
   /** An empty list deletes the summary. */
