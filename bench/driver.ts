@@ -149,8 +149,8 @@ function parseHead(head: string): Head {
  */
 export function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const { host, port, connections, durationS, warmupS } = opts;
-  if (!Number.isInteger(connections) || connections < 1) throw new RangeError('connections must be a positive integer');
-  if (!(durationS > 0) || !(warmupS >= 0)) throw new RangeError('durationS must be > 0 and warmupS >= 0');
+  if (!Number.isInteger(connections) || connections < 1) return Promise.reject(new RangeError('connections must be a positive integer'));
+  if (!(durationS > 0) || !(warmupS >= 0)) return Promise.reject(new RangeError('durationS must be > 0 and warmupS >= 0'));
   const expect = opts.expectStatus ?? 200;
   const timeoutNs = BigInt(Math.round((opts.timeoutMs ?? 10_000) * 1e6));
 

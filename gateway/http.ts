@@ -48,7 +48,15 @@ export function errorReply(err: FastpacaError): Reply {
  * Writes a reply unless the client went away. Everything after an await must be corked so
  * uWS sends status, headers and body in one syscall.
  */
-export function send(res: HttpResponse, state: { aborted: boolean }, reply: Reply, close = false): void {
+/** Per-request state shared by the handler and uWS's abort callback. */
+export interface ResState {
+  /** The client went away, or the response was already written. */
+  aborted: boolean;
+  /** Called when the client goes away, so a pending body read can settle. */
+  onAbort?: () => void;
+}
+
+export function send(res: HttpResponse, state: ResState, reply: Reply, close = false): void {
   if (state.aborted) return;
   state.aborted = true; // a response is written once
   res.cork(() => {
@@ -71,7 +79,7 @@ export function send(res: HttpResponse, state: { aborted: boolean }, reply: Repl
  * Reads the whole body, refusing it with 413 as soon as it passes `limitBytes`. The declared
  * Content-Length is checked first so an oversized upload is refused before it is read.
  */
-export function readBody(res: HttpResponse, req: HttpRequest, limitBytes: number): Promise<Buffer> {
+export function readBody(res: HttpResponse, req: HttpRequest, state: ResState, limitBytes: number): Promise<Buffer> {
   const declared = req.getHeader('content-length');
   if (declared !== '' && (!/^\d+$/.test(declared) || Number(declared) > limitBytes)) {
     return Promise.reject(tooLarge(limitBytes, declared));
@@ -80,6 +88,13 @@ export function readBody(res: HttpResponse, req: HttpRequest, limitBytes: number
     const chunks: Buffer[] = [];
     let size = 0;
     let done = false;
+    // A client that leaves mid-body never sends isLast: settle here, or the request would
+    // count as in flight forever (and hold up every graceful shutdown).
+    state.onAbort = () => {
+      if (done) return;
+      done = true;
+      reject(new FastpacaError('invalid_request', 'the client closed the connection before the body was complete'));
+    };
     res.onData((chunk, isLast) => {
       if (done) return;
       size += chunk.byteLength;

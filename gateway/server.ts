@@ -5,7 +5,7 @@ import type { Config } from '../runtime/config.js';
 import { FastpacaError } from '../runtime/errors.js';
 import type { Logger } from '../runtime/log.js';
 import { metrics, registry } from '../runtime/metrics.js';
-import { errorReply, readBody, send, type Reply, type Req } from './http.js';
+import { errorReply, readBody, send, type Reply, type Req, type ResState } from './http.js';
 import { buildRoutes, matchRoute } from './routes.js';
 import { TokenBucket } from './token-bucket.js';
 
@@ -53,9 +53,10 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
   };
 
   app.any('/*', (res, req) => {
-    const state = { aborted: false };
+    const state: ResState = { aborted: false };
     res.onAborted(() => {
       state.aborted = true;
+      state.onAbort?.();
     });
     const method = req.getMethod().toUpperCase();
     const path = req.getUrl();
@@ -96,7 +97,7 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
       params: match.params,
     };
     inflight++;
-    const body = BodyMethods.has(method) ? readBody(res, req, config.maxBodyBytes) : Promise.resolve(Buffer.alloc(0));
+    const body = BodyMethods.has(method) ? readBody(res, req, state, config.maxBodyBytes) : Promise.resolve(Buffer.alloc(0));
     body
       .then((b) => match.route.handler({ ...partial, body: b }))
       .then(

@@ -31,14 +31,15 @@ export function parseId(raw: string): string {
   } catch {
     throw new FastpacaError('invalid_id', 'the id is not valid percent-encoded text');
   }
-  if (id.length === 0 || Buffer.byteLength(id) > Limits.idBytesMax || !IdPattern.test(id)) {
-    throw new FastpacaError('invalid_id', `ids are 1–${Limits.idBytesMax} bytes of URL-safe characters (letters, digits and -._~:@!$&'()*+,;=)`);
+  if (!isValidId(id)) {
+    throw new FastpacaError('invalid_id', `ids are 1–${Limits.idBytesMax} bytes of URL-safe characters (letters, digits and -._~:@!$&'()*+,;=), not only dots`);
   }
   return id;
 }
 
+/** Dots alone are refused: clients normalise `.` and `..` path segments away. */
 export function isValidId(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= Limits.idBytesMax && IdPattern.test(value);
+  return typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= Limits.idBytesMax && IdPattern.test(value) && !/^\.+$/.test(value);
 }
 
 /** Parses a JSON object body. An empty body counts as `{}` only where the route allows it. */
@@ -54,7 +55,7 @@ export function parseBody(body: Buffer, emptyOk = false): Record<string, unknown
     throw new FastpacaError('invalid_json', 'the request body is not valid JSON');
   }
   if (!isObject(value)) throw new FastpacaError('invalid_json', 'the request body must be a JSON object');
-  checkDepth(value);
+  checkStorable(value);
   return value;
 }
 
@@ -62,15 +63,30 @@ export function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** Refuses JSON nested deeper than Limits.jsonDepthMax, iteratively so no input can blow the stack. */
-function checkDepth(root: unknown): void {
+/**
+ * Refuses what could not be stored and returned exactly: JSON nested deeper than
+ * Limits.jsonDepthMax, strings (values or keys) that are not well-formed Unicode (a lone
+ * surrogate would come back as U+FFFD), and keys named `__proto__` (msgpack decoders rename
+ * them). Iterative, so no input can blow the stack.
+ */
+function checkStorable(root: unknown): void {
   const stack: Array<[unknown, number]> = [[root, 1]];
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!;
+    if (typeof value === 'string') {
+      if (!value.isWellFormed()) throw invalid('strings must be well-formed Unicode (no lone surrogates)');
+      continue;
+    }
     if (typeof value !== 'object' || value === null) continue;
     if (depth > Limits.jsonDepthMax) throw invalid(`JSON nested deeper than ${Limits.jsonDepthMax} levels is not accepted`);
-    for (const child of Array.isArray(value) ? value : Object.values(value)) {
-      if (typeof child === 'object' && child !== null) stack.push([child, depth + 1]);
+    if (Array.isArray(value)) {
+      for (const child of value) stack.push([child, depth + 1]);
+      continue;
+    }
+    for (const [key, child] of Object.entries(value)) {
+      if (key === '__proto__') throw invalid('object keys named "__proto__" are not accepted');
+      if (!key.isWellFormed()) throw invalid('object keys must be well-formed Unicode (no lone surrogates)');
+      stack.push([child, depth + 1]);
     }
   }
 }

@@ -1,14 +1,15 @@
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { call, cli, startServer, tempDir, type TestServer } from '../support/server.js';
+import net from 'node:net';
+import { call, cli, startServer, tempDir, type Res, type TestServer } from '../support/server.js';
 
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }] });
 const isoMs = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 describe('HTTP API (one real node)', () => {
   let s: TestServer;
-  let api: (method: string, route: string, body?: unknown, headers?: Record<string, string>) => ReturnType<typeof call>;
+  let api: (method: string, route: string, body?: unknown, headers?: Record<string, string>) => Promise<Res>;
   beforeAll(async () => {
     s = await startServer();
     api = (method, route, body, headers) => call(s.url, method, route, body, headers);
@@ -271,6 +272,11 @@ describe('HTTP API (one real node)', () => {
     expectError(await api('GET', '/v1/contexts/valid/context?budget_tokens=-5'), 400, 'invalid_request');
     expectError(await api('POST', '/v1/contexts/valid/messages', { message: user('x'), idempotency_key: 'x'.repeat(257) }), 400, 'invalid_request');
     expectError(await api('POST', '/v1/contexts/valid/messages', JSON.stringify({ message: { ...user('x'), metadata: JSON.parse('['.repeat(100) + ']'.repeat(100)) } })), 400, 'invalid_request');
+    expectError(await api('GET', '/v1/contexts/...'), 400, 'invalid_id');
+    // What cannot be stored and returned exactly is refused, never silently changed.
+    expectError(await api('PUT', '/v1/contexts/valid', '{"metadata":{"__proto__":{"x":1}}}'), 400, 'invalid_request');
+    expectError(await api('POST', '/v1/contexts/valid/messages', '{"message":{"role":"user","parts":[{"type":"text","text":"\\ud800"}]}}'), 400, 'invalid_request');
+    expectError(await api('PATCH', '/v1/contexts/valid/metadata', '{"metadata":{"\\udc00":1}}'), 400, 'invalid_request');
     expectError(await api('GET', '/v1/nothing-here'), 404, 'not_found');
     expectError(await api('GET', '/nope'), 404, 'not_found');
     expectError(await api('POST', '/v1/contexts/valid'), 405, 'method_not_allowed');
@@ -290,6 +296,19 @@ describe('HTTP API limits and auth (one real node each)', () => {
     } finally {
       await s.stop();
     }
+  });
+
+  it('a client that leaves mid-body does not hold up a graceful shutdown', async () => {
+    const s = await startServer();
+    const sock = net.connect(s.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write('POST /v1/contexts/a/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mess');
+    await new Promise((r) => setTimeout(r, 100));
+    sock.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    expect(await s.stop()).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5_000);
   });
 
   it('401 unauthorized without the bearer key; health and metrics stay open', async () => {

@@ -171,7 +171,7 @@ for (const [kind, make] of Object.entries(machines)) {
     it('property: the window never exceeds the budget unless one message alone does, and its counters match its messages', () => {
       const policies = fc.oneof(
         fc.record({ strategy: fc.constant('last_n' as const), config: fc.record({ limit: fc.integer({ min: 1, max: 8 }) }) }),
-        fc.record({ strategy: fc.constant('skip_parts' as const), config: fc.record({ skip_kinds: fc.constant(['reasoning', 'tool']), limit: fc.integer({ min: 1, max: 8 }) }) }),
+        fc.record({ strategy: fc.constant('skip_parts' as const), config: fc.record({ skip_kinds: fc.constant<string[]>(['reasoning', 'tool']), limit: fc.integer({ min: 1, max: 8 }) }) }),
       );
       const message = fc.record({
         tokens: fc.option(fc.integer({ min: 0, max: 60 }), { nil: undefined }),
