@@ -7,7 +7,19 @@ import client from 'prom-client';
 export const registry = new client.Registry();
 client.collectDefaultMetrics({ register: registry, prefix: 'fastpaca_process_' });
 
+let eluLast = performance.eventLoopUtilization();
+
 export const metrics = {
+  eventLoopUtilization: new client.Gauge({
+    name: 'fastpaca_event_loop_utilization',
+    help: 'Share of time the main thread was busy since the previous scrape (0..1)',
+    registers: [registry],
+    collect() {
+      const now = performance.eventLoopUtilization();
+      this.set(performance.eventLoopUtilization(now, eluLast).utilization);
+      eluLast = now;
+    },
+  }),
   httpRequests: new client.Counter({
     name: 'fastpaca_http_requests_total',
     help: 'HTTP requests answered, by route and status class',

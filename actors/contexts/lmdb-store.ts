@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { StateView } from './state-view.js';
 import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
@@ -9,16 +10,22 @@ const FormatVersion = 1;
 
 type Key = (string | number)[];
 
+/** The seq under which a context's record is kept, after every message seq. */
+const RecordSeq = Infinity;
+
 /**
  * One LMDB environment per node. Every key starts with the group number, so one group's data
  * is one contiguous range in each database (a snapshot is a read over that range):
- *   contexts [g, id] · messages [g, id, seq] · overrides [g, id, seq] · summaries [g, id]
- *   idem [g, id, key] · idem_order [g, id, n] · ids [id] → g (listing in id order)
+ *   log [g, id, seq] → message, and [g, id, +∞] → the context record
+ *   overrides [g, id, seq] · summaries [g, id] · idem [g, id, key] · idem_order [g, id, n]
+ *   ids [id] → g (listing in id order)
+ * The record sorts right after its newest message, so an append (one message, one record
+ * update) usually dirties a single leaf page: random pages are what an fsync pays for here.
  */
 export class LmdbStore {
   readonly root: RootDatabase;
-  readonly contexts: Database<ContextState, Key>;
-  readonly messages: Database<StoredMessage, Key>;
+  /** Messages at [g, id, seq] and each context record at [g, id, RecordSeq]. */
+  readonly log: Database<StoredMessage | ContextState, Key>;
   readonly overrides: Database<Override, Key>;
   readonly summaries: Database<WindowMessage[], Key>;
   readonly idem: Database<IdemEntry, Key>;
@@ -37,8 +44,7 @@ export class LmdbStore {
     // Records and messages share their property names through a stored structure table
     // (msgpackr caps it, so client-shaped metadata cannot grow it without bound): values are
     // about a fifth smaller and decode three times faster than with inline definitions.
-    this.contexts = db('contexts', true);
-    this.messages = db('messages', true);
+    this.log = db('log', true);
     this.overrides = db('overrides');
     this.summaries = db('summaries');
     this.idem = db('idem');
@@ -87,12 +93,12 @@ class LmdbView implements StateView {
   }
 
   getContext(id: string): ContextState | undefined {
-    return this.s.contexts.get([this.g(id), id]);
+    return this.s.log.get([this.g(id), id, RecordSeq]) as ContextState | undefined;
   }
   putContext(ctx: ContextState, created = false): void {
     const g = this.g(ctx.id);
     if (created) this.s.ids.putSync(ctx.id, g);
-    this.s.contexts.putSync([g, ctx.id], ctx);
+    this.s.log.putSync([g, ctx.id, RecordSeq], ctx);
   }
   getSummary(id: string): WindowMessage[] {
     return this.s.summaries.get([this.g(id), id]) ?? [];
@@ -102,16 +108,19 @@ class LmdbView implements StateView {
     else this.s.summaries.putSync([this.g(id), id], messages);
   }
   getMessage(id: string, seq: number): StoredMessage | undefined {
-    return this.s.messages.get([this.g(id), id, seq]);
+    assert(Number.isSafeInteger(seq), 'message seqs are integers');
+    return this.s.log.get([this.g(id), id, seq]) as StoredMessage | undefined;
   }
   putMessage(id: string, message: StoredMessage): void {
-    this.s.messages.putSync([this.g(id), id, message.seq], message);
+    assert(Number.isSafeInteger(message.seq) && message.seq >= 1, 'message seqs are positive integers');
+    this.s.log.putSync([this.g(id), id, message.seq], message);
   }
   messages(id: string, fromSeq: number, toSeq: number, limit: number): StoredMessage[] {
     if (toSeq < fromSeq || limit <= 0) return [];
     const g = this.g(id);
     const out: StoredMessage[] = [];
-    for (const { value } of this.s.messages.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1], limit })) out.push(value);
+    // end is exclusive and toSeq finite, so the record at RecordSeq is never in the range.
+    for (const { value } of this.s.log.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1], limit })) out.push(value as StoredMessage);
     return out;
   }
   getOverride(id: string, seq: number): Override | undefined {
@@ -156,7 +165,7 @@ class LmdbView implements StateView {
     for (const { key, value: g } of this.s.ids.getRange({ start })) {
       if (key === after) continue;
       if (!key.startsWith(prefix)) break;
-      const ctx = this.s.contexts.get([g, key]);
+      const ctx = this.s.log.get([g, key, RecordSeq]) as ContextState | undefined;
       if (ctx) out.push(ctx);
       if (out.length >= limit) break;
     }
