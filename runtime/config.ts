@@ -24,8 +24,10 @@ export interface Config {
   pendingMax: number;
   /** Commands applied in one LMDB transaction (one fsync). */
   batchMax: number;
-  /** Write rounds in flight (committed, awaiting fsync) at once. */
+  /** Write rounds in flight (logged, awaiting fsync) at once. */
   roundsInflightMax: number;
+  /** Writes held in memory ahead of the state store before new rounds wait. */
+  bufferedWritesMax: number;
   /** Threads in the piscina pool for exact token counts. */
   tokenizerThreads: number;
 }
@@ -69,6 +71,7 @@ export function loadConfig(env: Env = process.env): Config {
     pendingMax: int(env, 'FASTPACA_PENDING_MAX', 20_000, 1, 1_000_000),
     batchMax: int(env, 'FASTPACA_BATCH_MAX', 2_000, 1, 100_000),
     roundsInflightMax: int(env, 'FASTPACA_ROUNDS_INFLIGHT_MAX', 4, 1, 64),
+    bufferedWritesMax: int(env, 'FASTPACA_BUFFERED_WRITES_MAX', 200_000, 1_000, 10_000_000),
     tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
   };
 }

@@ -1,4 +1,5 @@
-import { GroupHost } from '../actors/contexts/group-host.js';
+import { CommandLog } from '../actors/contexts/command-log.js';
+import { GroupHost, recover } from '../actors/contexts/group-host.js';
 import { LocalGroups } from '../actors/contexts/groups.js';
 import { LmdbStore } from '../actors/contexts/lmdb-store.js';
 import { monotonicClock } from '../actors/contexts/prepare.js';
@@ -21,15 +22,20 @@ const DrainMs = 10_000;
  */
 export async function startNode(config: Config, log: Logger): Promise<RunningNode> {
   const store = LmdbStore.open(config.dataDir, config.groups);
+  const commandLog = CommandLog.open(config.dataDir);
+  const machine = { defaultTokenizer: config.tokenizer };
+  const replayed = await recover(store, commandLog, machine);
+  if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed });
   const counter = new PoolTokenCounter(config.tokenizerThreads);
-  const host = new GroupHost(store, {
-    machine: { defaultTokenizer: config.tokenizer },
+  const host = new GroupHost(store, commandLog, {
+    machine,
     counter,
     now: monotonicClock(),
     log,
     pendingMax: config.pendingMax,
     batchMax: config.batchMax,
     roundsInflightMax: config.roundsInflightMax,
+    bufferedWritesMax: config.bufferedWritesMax,
   });
   const groups = new LocalGroups(config.groups, host);
   const gateway = createGateway(config, groups, log);
@@ -43,6 +49,7 @@ export async function startNode(config: Config, log: Logger): Promise<RunningNod
       gateway.stopListening();
       await gateway.drain(DrainMs);
       await groups.close();
+      await commandLog.close();
       await store.close();
       await counter.close();
       log.info('node stopped', { reason });

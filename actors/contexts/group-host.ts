@@ -1,7 +1,10 @@
-import { FastpacaError } from '../../runtime/errors.js';
+import { FastpacaError, assert } from '../../runtime/errors.js';
 import type { Logger } from '../../runtime/log.js';
 import { metrics } from '../../runtime/metrics.js';
+import type { CommandLog } from './command-log.js';
 import type { LmdbStore } from './lmdb-store.js';
+import type { StateView } from './state-view.js';
+import { WriteBuffer } from './tables.js';
 import { prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
@@ -17,8 +20,10 @@ export interface HostOptions {
   pendingMax: number;
   /** Commands applied in one transaction. */
   batchMax: number;
-  /** Rounds committed but not yet known durable; lmdb-js folds those waiting on a sync into one. */
+  /** Rounds written to the command log and awaiting their fsync at once. */
   roundsInflightMax: number;
+  /** Writes held in memory ahead of the state store before new rounds wait. */
+  bufferedWritesMax: number;
 }
 
 interface Pending {
@@ -28,71 +33,77 @@ interface Pending {
 }
 
 /**
- * Hosts the context groups of this node and commits their writes in rounds. A round applies
- * the commands queued so far in one LMDB write transaction; a caller is answered only once its
- * round is committed and fsynced. Rounds are pipelined: while one is being synced the next is
- * already applied and committed, and lmdb-js folds transactions queued behind a sync into one,
- * so the busier the disk, the more commands share an fsync.
+ * Hosts the context groups of this node. Writes go in rounds, in the order Raft will use:
  *
- * Reads are a barrier: a read that arrives while rounds are in flight waits until they are all
- * durable (no new round starts meanwhile), then runs. So a read sees every acknowledged write
- * and never a write that is not yet on disk and could still be lost.
+ *   1. persist: the round's commands are appended to the command log and fsynced;
+ *   2. apply: then, in log order, the state machine applies them (its writes wait in memory,
+ *      readable at once, until the state store commits them);
+ *   3. answer: every caller of the round gets its result.
+ *
+ * Nothing is acknowledged before it is on disk, and nothing is applied (so nothing is readable)
+ * before it is on disk either: a read never sees a write that a crash could lose. Rounds are
+ * pipelined (the next is logged while one is being synced); the state store commits the
+ * buffered writes in large batches behind them and syncs on its own schedule, and the log
+ * forgets what the state store holds durably. After a crash the log's tail is applied again
+ * from the state store's applied index (see `recover`).
  */
 export class GroupHost {
   private queue: Pending[] = [];
-  private waitingReads: Array<() => void> = [];
   private preparing = 0;
   private roundsInflight = 0;
   private pumpScheduled = false;
   private closed = false;
   private drained: Array<() => void> = [];
+  private readonly buffer = new WriteBuffer();
+  private readonly view: StateView;
+  /** Index of the last command applied (its effects are in the buffer or the store). */
+  private appliedIndex: number;
+  private persisting = false;
+  private truncating = false;
+  /** Set when the state store cannot be written: the node stops taking writes. */
+  private failed: Error | undefined;
 
   constructor(
     private readonly store: LmdbStore,
+    private readonly log: CommandLog,
     private readonly opts: HostOptions,
-  ) {}
+  ) {
+    this.view = store.bufferedView(this.buffer);
+    this.appliedIndex = store.appliedIndex();
+    assert(log.nextIndex > this.appliedIndex, 'the command log continues after what the state store holds');
+  }
 
   get pending(): number {
     return this.queue.length + this.preparing;
   }
 
-  /** Applies a write; resolves once it is applied and durable. */
+  /** Applies a write; resolves once it is durable and applied. */
   submit(req: WriteRequest): Promise<CommandResult> {
-    if (this.closed) return Promise.reject(new FastpacaError('unavailable', 'the node is shutting down', { retryAfterS: 1 }));
+    if (this.closed || this.failed) return Promise.reject(new FastpacaError('unavailable', this.failed ? 'the node cannot write to its storage' : 'the node is shutting down', { retryAfterS: 1 }));
     if (this.pending >= this.opts.pendingMax) {
       metrics.commandsRejected.inc();
       return Promise.reject(new FastpacaError('overloaded', 'too many writes are waiting; retry shortly', { retryAfterS: 1 }));
     }
-    const cmd = prepare(req, { view: this.store.view, counter: this.opts.counter, defaultTokenizer: this.opts.machine.defaultTokenizer, now: this.opts.now });
+    const cmd = prepare(req, { view: this.view, counter: this.opts.counter, defaultTokenizer: this.opts.machine.defaultTokenizer, now: this.opts.now });
     if (!(cmd instanceof Promise)) return this.enqueue(cmd);
     this.preparing++;
     return cmd.finally(() => this.preparing--).then((c) => this.enqueue(c));
   }
 
-  /** Answers a read with every acknowledged write visible and nothing that is not yet durable. */
+  /** Answers a read: it sees every acknowledged write, and only durable ones. */
   read(req: ReadRequest): Promise<QueryResult> {
-    if (this.roundsInflight === 0) {
-      try {
-        return Promise.resolve(query(this.store.view, req));
-      } catch (err) {
-        return Promise.reject(err);
-      }
+    try {
+      return Promise.resolve(query(this.view, req));
+    } catch (err) {
+      return Promise.reject(err);
     }
-    return new Promise((resolve, reject) => {
-      this.waitingReads.push(() => {
-        try {
-          resolve(query(this.store.view, req));
-        } catch (err) {
-          reject(err);
-        }
-      });
-    });
   }
 
-  /** Stops taking writes and waits until every accepted one is durable and answered. */
+  /** Stops taking writes; resolves once every accepted one is answered and in the state store. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.preparing > 0 || this.queue.length > 0 || this.roundsInflight > 0) {
+    while (this.preparing > 0 || this.queue.length > 0 || this.roundsInflight > 0 || this.persisting || this.buffer.size > 0) {
+      if (this.failed) return;
       await new Promise<void>((r) => {
         this.drained.push(r);
         setTimeout(r, 20); // preparing (BPE counts) has no event of its own: poll it
@@ -119,17 +130,12 @@ export class GroupHost {
   }
 
   private pump(): void {
-    if (this.waitingReads.length > 0) {
-      if (this.roundsInflight > 0) return; // the barrier: the last round to finish pumps again
-      const reads = this.waitingReads;
-      this.waitingReads = [];
-      for (const r of reads) r();
-    }
-    while (this.queue.length > 0 && this.roundsInflight < this.opts.roundsInflightMax) {
+    while (this.queue.length > 0 && this.roundsInflight < this.opts.roundsInflightMax && this.buffer.size < this.opts.bufferedWritesMax) {
       this.startRound(this.queue.splice(0, this.opts.batchMax));
     }
     metrics.pendingCommands.set(this.queue.length);
-    if (this.roundsInflight === 0 && this.queue.length === 0) {
+    if (!this.persisting && this.buffer.size > 0) this.persist();
+    if (this.roundsInflight === 0 && this.queue.length === 0 && !this.persisting && this.buffer.size === 0) {
       for (const r of this.drained.splice(0)) r();
     }
   }
@@ -137,10 +143,14 @@ export class GroupHost {
   private startRound(batch: Pending[]): void {
     this.roundsInflight++;
     const started = performance.now();
-    this.store
-      .writeDurably(() => batch.map((p) => this.applyOne(p.cmd)))
+    const { first, durable } = this.log.append(batch.map((p) => p.cmd));
+    // Durable promises resolve in log order, so rounds are applied in log order.
+    durable
       .then(
-        (results) => {
+        () => {
+          if (this.failed) throw this.failed;
+          const results = batch.map((p) => this.applyOne(p.cmd));
+          this.appliedIndex = first + batch.length - 1;
           metrics.writeRounds.inc();
           metrics.roundCommands.observe(batch.length);
           metrics.roundSeconds.observe((performance.now() - started) / 1000);
@@ -151,17 +161,54 @@ export class GroupHost {
           }
         },
         (err: unknown) => {
-          // The transaction did not commit, so nothing of this round is applied: every caller
-          // may be told the write failed (and a retry with an idempotency key stays exact).
-          this.opts.log.error('write round failed', { err, commands: batch.length });
+          // Not in the log, so not applied: every caller may be told the write failed (and a
+          // retry with an idempotency key stays exact).
+          this.opts.log.error('command log write failed', { err, commands: batch.length });
           metrics.internalErrors.inc();
           const failure = new FastpacaError('unavailable', 'storage write failed; retry', { retryAfterS: 1 });
           for (const p of batch) p.reject(failure);
         },
       )
+      .catch((err: unknown) => {
+        for (const p of batch) p.reject(err instanceof FastpacaError ? err : new FastpacaError('unavailable', 'the node cannot write to its storage', { retryAfterS: 1 }));
+      })
       .finally(() => {
         this.roundsInflight--;
         this.pump();
+      });
+  }
+
+  /** Commits what the buffer holds to the state store, in one transaction, behind the rounds. */
+  private persist(): void {
+    this.persisting = true;
+    const writes = this.buffer.take();
+    const index = this.appliedIndex;
+    this.store
+      .persist(writes, index)
+      .then(
+        () => {
+          this.buffer.release(writes);
+          // Once the state store has synced this, the log no longer needs entries up to index.
+          if (!this.truncating) {
+            this.truncating = true;
+            void this.store.root.flushed
+              .then(() => this.log.truncate(index))
+              .catch((err: unknown) => this.opts.log.warn('command log truncation failed; will retry', { err }))
+              .finally(() => (this.truncating = false));
+          }
+        },
+        (err: unknown) => {
+          // The state store is behind the log and cannot catch up in this process: stop writes.
+          // Everything acknowledged is in the log and is applied again at the next start.
+          this.failed = err instanceof Error ? err : new Error(String(err));
+          this.opts.log.error('state store write failed; refusing writes until restart', { err });
+          metrics.internalErrors.inc();
+        },
+      )
+      .finally(() => {
+        this.persisting = false;
+        if (!this.failed) this.pump();
+        else for (const r of this.drained.splice(0)) r();
       });
   }
 
@@ -172,7 +219,7 @@ export class GroupHost {
    */
   private applyOne(cmd: Command): CommandResult | Error {
     try {
-      const result = apply(this.store.view, cmd, this.opts.machine);
+      const result = apply(this.view, cmd, this.opts.machine);
       metrics.commandsApplied.inc({ kind: cmd.t });
       return result;
     } catch (err) {
@@ -181,4 +228,31 @@ export class GroupHost {
       return new FastpacaError('internal', 'the write failed on an internal error; it was not applied');
     }
   }
+}
+
+/**
+ * Brings the state store up to the command log after a stop or a crash: applies every logged
+ * command after the store's applied index, in order, in transactions of RecoverBatch, then
+ * makes that durable and lets the log forget it. Apply is deterministic, so this rebuilds
+ * exactly the state the commands produced before.
+ */
+export async function recover(store: LmdbStore, log: CommandLog, machine: MachineOptions): Promise<number> {
+  const RecoverBatch = 1000;
+  let from = store.appliedIndex() + 1;
+  let replayed = 0;
+  for (;;) {
+    const entries = log.read(from, RecoverBatch);
+    if (entries.length === 0) break;
+    store.root.transactionSync(() => {
+      for (const e of entries) apply(store.view, e.cmd, machine);
+      store.meta.putSync('applied', entries[entries.length - 1]!.index);
+    });
+    replayed += entries.length;
+    from = entries[entries.length - 1]!.index + 1;
+  }
+  await store.root.flushed;
+  const applied = store.appliedIndex();
+  while (!(await log.truncate(applied)));
+  log.skipTo(applied + 1);
+  return replayed;
 }

@@ -3,12 +3,11 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { StateView } from './state-view.js';
+import { BufferedTable, DirectTable, writeThrough, type Key, type PendingWrite, type Table, type WriteBuffer } from './tables.js';
 import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
 
 /** Bumped when the on-disk layout changes incompatibly. */
 const FormatVersion = 1;
-
-type Key = (string | number)[];
 
 /** The seq under which a context's record is kept, after every message seq. */
 const RecordSeq = Infinity;
@@ -30,8 +29,9 @@ export class LmdbStore {
   readonly summaries: Database<WindowMessage[], Key>;
   readonly idem: Database<IdemEntry, Key>;
   readonly idemOrder: Database<string, Key>;
-  readonly ids: Database<number, string>;
+  readonly ids: Database<number, Key>;
   readonly meta: Database<unknown, string>;
+  /** Reads and writes LMDB directly: inside a write transaction, for recovery and tests. */
   readonly view: StateView;
 
   private constructor(readonly dir: string, readonly groups: number) {
@@ -49,9 +49,9 @@ export class LmdbStore {
     this.summaries = db('summaries');
     this.idem = db('idem');
     this.idemOrder = db('idem_order');
-    this.ids = db<number, string>('ids');
+    this.ids = db<number>('ids');
     this.meta = db<unknown, string>('meta');
-    this.view = new LmdbView(this);
+    this.view = new LmdbView(this.tables((d) => new DirectTable(d)), groups);
   }
 
   /** Opens (or creates) the store; refuses data written with another group count or format. */
@@ -68,11 +68,31 @@ export class LmdbStore {
     return store;
   }
 
-  /** Runs `fn` in one write transaction and resolves once it is committed and on disk. */
-  async writeDurably<T>(fn: () => T): Promise<T> {
-    const result = await this.root.transaction(fn);
-    await this.root.flushed;
-    return result;
+  private tables(make: <V>(db: Database<V, Key>) => Table<V>): Tables {
+    return { log: make(this.log), overrides: make(this.overrides), summaries: make(this.summaries), idem: make(this.idem), idemOrder: make(this.idemOrder), ids: make(this.ids) };
+  }
+
+  /** A view whose writes wait in `buffer` (readable at once) until `persist` commits them. */
+  bufferedView(buffer: WriteBuffer): StateView {
+    return new LmdbView(this.tables((d) => new BufferedTable(d, buffer)), this.groups);
+  }
+
+  /** The index of the last command whose effects this store holds (0 for none). */
+  appliedIndex(): number {
+    return (this.meta.get('applied') as number | undefined) ?? 0;
+  }
+
+  /**
+   * Commits buffered writes with the index of the last command they belong to, in one
+   * transaction, so the store is always at a command boundary. Resolves once committed (visible
+   * to readers), not once synced: the command log is what makes a write durable.
+   */
+  async persist(writes: PendingWrite[], appliedIndex: number): Promise<void> {
+    await this.root.transaction(() => {
+      writeThrough(writes);
+      this.meta.putSync('applied', appliedIndex);
+    });
+    this.root.resetReadTxn();
   }
 
   async close(): Promise<void> {
@@ -80,92 +100,101 @@ export class LmdbStore {
     await this.root.close();
   }
 
-  group(id: string): number {
-    return groupOf(id, this.groups);
-  }
 }
 
+interface Tables {
+  log: Table<StoredMessage | ContextState>;
+  overrides: Table<Override>;
+  summaries: Table<WindowMessage[]>;
+  idem: Table<IdemEntry>;
+  idemOrder: Table<string>;
+  ids: Table<number>;
+}
+
+/** The StateView over the store's tables, direct or buffered. */
 class LmdbView implements StateView {
-  constructor(private readonly s: LmdbStore) {}
+  constructor(
+    private readonly t: Tables,
+    private readonly groups: number,
+  ) {}
 
   private g(id: string): number {
-    return this.s.group(id);
+    return groupOf(id, this.groups);
   }
 
   getContext(id: string): ContextState | undefined {
-    return this.s.log.get([this.g(id), id, RecordSeq]) as ContextState | undefined;
+    const ctx = this.t.log.get([this.g(id), id, RecordSeq]) as ContextState | undefined;
+    // Callers may change the record they get (apply does, then puts it): hand out a copy of
+    // the parts apply changes in place, so a buffered record is never changed behind its back.
+    return ctx && { ...ctx, window: { ...ctx.window } };
   }
   putContext(ctx: ContextState, created = false): void {
     const g = this.g(ctx.id);
-    if (created) this.s.ids.putSync(ctx.id, g);
-    this.s.log.putSync([g, ctx.id, RecordSeq], ctx);
+    if (created) this.t.ids.put([ctx.id], g);
+    this.t.log.put([g, ctx.id, RecordSeq], { ...ctx, window: { ...ctx.window } });
   }
   getSummary(id: string): WindowMessage[] {
-    return this.s.summaries.get([this.g(id), id]) ?? [];
+    return [...(this.t.summaries.get([this.g(id), id]) ?? [])];
   }
   putSummary(id: string, messages: WindowMessage[]): void {
-    if (messages.length === 0) this.s.summaries.removeSync([this.g(id), id]);
-    else this.s.summaries.putSync([this.g(id), id], messages);
+    if (messages.length === 0) this.t.summaries.remove([this.g(id), id]);
+    else this.t.summaries.put([this.g(id), id], [...messages]);
   }
   getMessage(id: string, seq: number): StoredMessage | undefined {
     assert(Number.isSafeInteger(seq), 'message seqs are integers');
-    return this.s.log.get([this.g(id), id, seq]) as StoredMessage | undefined;
+    return this.t.log.get([this.g(id), id, seq]) as StoredMessage | undefined;
   }
   putMessage(id: string, message: StoredMessage): void {
     assert(Number.isSafeInteger(message.seq) && message.seq >= 1, 'message seqs are positive integers');
-    this.s.log.putSync([this.g(id), id, message.seq], message);
+    this.t.log.put([this.g(id), id, message.seq], message);
   }
   messages(id: string, fromSeq: number, toSeq: number, limit: number): StoredMessage[] {
     if (toSeq < fromSeq || limit <= 0) return [];
-    const g = this.g(id);
-    const out: StoredMessage[] = [];
-    // end is exclusive and toSeq finite, so the record at RecordSeq is never in the range.
-    for (const { value } of this.s.log.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1], limit })) out.push(value as StoredMessage);
-    return out;
+    // The end is exclusive and finite, so the record at RecordSeq is never in the range.
+    return this.t.log.range([this.g(id), id], fromSeq, toSeq + 1, limit).map((e) => e.value as StoredMessage);
   }
   getOverride(id: string, seq: number): Override | undefined {
-    return this.s.overrides.get([this.g(id), id, seq]);
+    return this.t.overrides.get([this.g(id), id, seq]);
   }
   putOverride(id: string, seq: number, override: Override): void {
-    this.s.overrides.putSync([this.g(id), id, seq], override);
+    this.t.overrides.put([this.g(id), id, seq], override);
   }
   deleteOverride(id: string, seq: number): void {
-    this.s.overrides.removeSync([this.g(id), id, seq]);
+    this.t.overrides.remove([this.g(id), id, seq]);
   }
   overrides(id: string, fromSeq: number, toSeq: number): Map<number, Override> {
     const out = new Map<number, Override>();
     if (toSeq < fromSeq) return out;
-    const g = this.g(id);
-    for (const { key, value } of this.s.overrides.getRange({ start: [g, id, fromSeq], end: [g, id, toSeq + 1] })) {
-      out.set(key[2] as number, value);
-    }
+    for (const { last, value } of this.t.overrides.range([this.g(id), id], fromSeq, toSeq + 1, Number.MAX_SAFE_INTEGER)) out.set(last as number, value);
     return out;
   }
   getIdem(id: string, key: string): IdemEntry | undefined {
-    return this.s.idem.get([this.g(id), id, key]);
+    return this.t.idem.get([this.g(id), id, key]);
   }
   putIdem(id: string, key: string, entry: IdemEntry): void {
-    this.s.idem.putSync([this.g(id), id, key], entry);
+    this.t.idem.put([this.g(id), id, key], entry);
   }
   deleteIdem(id: string, key: string): void {
-    this.s.idem.removeSync([this.g(id), id, key]);
+    this.t.idem.remove([this.g(id), id, key]);
   }
   getIdemKeyAt(id: string, n: number): string | undefined {
-    return this.s.idemOrder.get([this.g(id), id, n]);
+    return this.t.idemOrder.get([this.g(id), id, n]);
   }
   putIdemKeyAt(id: string, n: number, key: string): void {
-    this.s.idemOrder.putSync([this.g(id), id, n], key);
+    this.t.idemOrder.put([this.g(id), id, n], key);
   }
   deleteIdemKeyAt(id: string, n: number): void {
-    this.s.idemOrder.removeSync([this.g(id), id, n]);
+    this.t.idemOrder.remove([this.g(id), id, n]);
   }
   listContexts(prefix: string, after: string, limit: number): ContextState[] {
     const out: ContextState[] = [];
     const start = after >= prefix ? after : prefix;
-    for (const { key, value: g } of this.s.ids.getRange({ start })) {
-      if (key === after) continue;
-      if (!key.startsWith(prefix)) break;
-      const ctx = this.s.log.get([g, key, RecordSeq]) as ContextState | undefined;
+    // Read a little past `limit` per pass: the entry equal to `after` is skipped.
+    for (const { last } of this.t.ids.range([], start, undefined, limit + 1)) {
+      const id = last as string;
+      if (id === after) continue;
+      if (!id.startsWith(prefix)) break;
+      const ctx = this.getContext(id);
       if (ctx) out.push(ctx);
       if (out.length >= limit) break;
     }

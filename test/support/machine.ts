@@ -4,6 +4,7 @@ import { apply } from '../../actors/contexts/state-machine.js';
 import type { StateView } from '../../actors/contexts/state-view.js';
 import { approxPartTokens } from '../../actors/contexts/tokens.js';
 import type { Command, CommandResult, Part, PreparedMessage } from '../../actors/contexts/types.js';
+import { WriteBuffer, writeThrough } from '../../actors/contexts/tables.js';
 import { tempDir } from './server.js';
 
 export interface Machine {
@@ -29,6 +30,23 @@ export const machines: Record<string, () => Machine> = {
       runMany: (cmds) => store.root.transactionSync(() => cmds.map((cmd) => apply(store.view, cmd, { defaultTokenizer: 'approx' }))),
       close: () => store.close(),
     };
+  },
+  /** Writes wait in memory and reach LMDB every third command, so reads merge both. */
+  'lmdb-buffered': () => {
+    const store = LmdbStore.open(tempDir('fastpaca-sm-'), 16);
+    const buffer = new WriteBuffer();
+    const view = store.bufferedView(buffer);
+    let n = 0;
+    const run = (cmd: Command) => {
+      const r = apply(view, cmd, { defaultTokenizer: 'approx' });
+      if (++n % 3 === 0) {
+        const writes = buffer.take();
+        store.root.transactionSync(() => writeThrough(writes));
+        buffer.release(writes);
+      }
+      return r;
+    };
+    return { view, run, runMany: (cmds) => cmds.map(run), close: () => store.close() };
   },
 };
 

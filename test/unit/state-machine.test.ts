@@ -225,7 +225,7 @@ for (const [kind, make] of Object.entries(machines)) {
             void mm.close();
           }
         }),
-        { numRuns: kind === 'memory' ? 300 : 60 },
+        { numRuns: kind === 'memory' ? 300 : 50 },
       );
     });
   });

@@ -1,0 +1,191 @@
+import type { Database } from 'lmdb';
+import { assert } from '../../runtime/errors.js';
+
+export type KeyPart = string | number;
+export type Key = KeyPart[];
+
+/**
+ * A key/value table as the state view uses it. Range reads always fix every key part but the
+ * last (`prefix`) and bound the last one: [from, to), `to` undefined meaning no upper bound.
+ */
+export interface Table<V> {
+  get(key: Key): V | undefined;
+  put(key: Key, value: V): void;
+  remove(key: Key): void;
+  range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }>;
+}
+
+function lmdbRange<V>(db: Database<V, Key>, prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {
+  const out: Array<{ last: KeyPart; value: V }> = [];
+  if (limit <= 0) return out;
+  // An open end is only meaningful for a table whose keys are one part (the id index).
+  assert(to !== undefined || prefix.length === 0, 'open-ended ranges only over one-part keys');
+  const range = to === undefined ? db.getRange({ start: [from], limit }) : db.getRange({ start: [...prefix, from], end: [...prefix, to], limit });
+  for (const { key, value } of range) {
+    // ordered-binary reads a one-part key back as the bare part, not as an array.
+    const parts: Key = Array.isArray(key) ? key : [key as KeyPart];
+    out.push({ last: parts[prefix.length]!, value });
+  }
+  return out;
+}
+
+/** Reads and writes LMDB directly (inside a write transaction, for recovery and tests). */
+export class DirectTable<V> implements Table<V> {
+  constructor(private readonly db: Database<V, Key>) {}
+  get(key: Key): V | undefined {
+    return this.db.get(key);
+  }
+  put(key: Key, value: V): void {
+    this.db.putSync(key, value);
+  }
+  remove(key: Key): void {
+    this.db.removeSync(key);
+  }
+  range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {
+    return lmdbRange(this.db, prefix, from, to, limit);
+  }
+}
+
+interface Slot<V> {
+  key: Key;
+  /** undefined: removed. */
+  value: V | undefined;
+  gen: number;
+}
+
+/**
+ * A write kept in memory until the state database has committed it. It carries its own value:
+ * the store must hold exactly the effects of the commands up to its applied index, never a
+ * newer value of the same key written by a later command.
+ */
+export interface PendingWrite {
+  table: BufferedTable<unknown>;
+  slot: Slot<unknown>;
+  gen: number;
+  /** undefined: removed. */
+  value: unknown;
+}
+
+/**
+ * Collects the writes of applied commands. They stay readable from memory (over what LMDB has
+ * committed) until the state database commits them; then they are released. `size` bounds it.
+ */
+export class WriteBuffer {
+  private pending: PendingWrite[] = [];
+  private gen = 0;
+  /** Slots held in memory across all tables. */
+  size = 0;
+
+  nextGen(): number {
+    return ++this.gen;
+  }
+
+  record(w: PendingWrite): void {
+    this.pending.push(w);
+  }
+
+  /** Hands over the writes recorded so far, in order, for one state transaction. */
+  take(): PendingWrite[] {
+    const taken = this.pending;
+    this.pending = [];
+    return taken;
+  }
+
+  /** The state database committed these: drop each from memory unless written again since. */
+  release(writes: PendingWrite[]): void {
+    for (const w of writes) if (w.slot.gen === w.gen) w.table.drop(w.slot);
+  }
+}
+
+const encodePart = (p: KeyPart) => (typeof p === 'number' ? `n${p}` : `s${p}`);
+const encodePrefix = (prefix: Key) => prefix.map(encodePart).join('\u0001');
+const compareParts = (a: KeyPart, b: KeyPart) => (typeof a === 'number' && typeof b === 'number' ? a - b : a < b ? -1 : a > b ? 1 : 0);
+
+/** A table whose writes go to a WriteBuffer first; reads see the buffer over LMDB. */
+export class BufferedTable<V> implements Table<V> {
+  private readonly byPrefix = new Map<string, Map<KeyPart, Slot<V>>>();
+
+  constructor(
+    readonly db: Database<V, Key>,
+    private readonly buffer: WriteBuffer,
+  ) {}
+
+  private slot(key: Key): Slot<V> | undefined {
+    return this.byPrefix.get(encodePrefix(key.slice(0, -1)))?.get(key[key.length - 1]!);
+  }
+
+  get(key: Key): V | undefined {
+    const s = this.slot(key);
+    return s ? s.value : this.db.get(key);
+  }
+
+  put(key: Key, value: V): void {
+    this.set(key, value);
+  }
+
+  remove(key: Key): void {
+    this.set(key, undefined);
+  }
+
+  private set(key: Key, value: V | undefined): void {
+    assert(key.length >= 1, 'buffered keys have at least one part');
+    const prefix = encodePrefix(key.slice(0, -1));
+    let slots = this.byPrefix.get(prefix);
+    if (!slots) this.byPrefix.set(prefix, (slots = new Map()));
+    const last = key[key.length - 1]!;
+    let s = slots.get(last);
+    if (!s) {
+      slots.set(last, (s = { key, value, gen: 0 }));
+      this.buffer.size++;
+    }
+    s.value = value;
+    s.gen = this.buffer.nextGen();
+    this.buffer.record({ table: this as BufferedTable<unknown>, slot: s as Slot<unknown>, gen: s.gen, value });
+  }
+
+  drop(slot: Slot<V>): void {
+    const prefix = encodePrefix(slot.key.slice(0, -1));
+    const slots = this.byPrefix.get(prefix);
+    const last = slot.key[slot.key.length - 1]!;
+    if (slots?.get(last) !== slot) return; // dropped before and written anew: not ours to drop
+    slots.delete(last);
+    this.buffer.size--;
+    if (slots.size === 0) this.byPrefix.delete(prefix);
+  }
+
+  range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {
+    const slots = this.byPrefix.get(encodePrefix(prefix));
+    if (!slots) return lmdbRange(this.db, prefix, from, to, limit);
+    const inRange = [...slots.entries()].filter(([last]) => compareParts(last, from) >= 0 && (to === undefined || compareParts(last, to) < 0));
+    const removed = inRange.filter(([, s]) => s.value === undefined).length;
+    // Every buffered removal can hide one committed entry: read that many more from LMDB.
+    const merged = new Map<KeyPart, V>();
+    for (const { last, value } of lmdbRange(this.db, prefix, from, to, limit + removed)) merged.set(last, value);
+    for (const [last, s] of inRange) {
+      if (s.value === undefined) merged.delete(last);
+      else merged.set(last, s.value);
+    }
+    return [...merged.entries()]
+      .sort(([a], [b]) => compareParts(a, b))
+      .slice(0, limit)
+      .map(([last, value]) => ({ last, value }));
+  }
+}
+
+/**
+ * Writes buffered writes to LMDB inside one state transaction. Only the last write of each key
+ * in the batch is written: the transaction is atomic, so the earlier ones would be overwritten
+ * before anyone could read them (a busy conversation's record is rewritten once per batch, not
+ * once per append).
+ */
+export function writeThrough(writes: PendingWrite[]): void {
+  const written = new Set<Slot<unknown>>();
+  for (let i = writes.length - 1; i >= 0; i--) {
+    const w = writes[i]!;
+    if (written.has(w.slot)) continue;
+    written.add(w.slot);
+    const db = w.table.db as Database<unknown, Key>;
+    if (w.value === undefined) db.removeSync(w.slot.key);
+    else db.putSync(w.slot.key, w.value);
+  }
+}
