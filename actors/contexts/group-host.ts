@@ -32,6 +32,14 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
+interface Round {
+  batch: Pending[];
+  /** Log index of the round's first command. */
+  first: number;
+  started: number;
+  outcome: 'pending' | 'durable' | 'failed';
+}
+
 /**
  * Hosts the context groups of this node. Writes go in rounds, in the order Raft will use:
  *
@@ -50,10 +58,11 @@ interface Pending {
 export class GroupHost {
   private queue: Pending[] = [];
   private preparing = 0;
-  private roundsInflight = 0;
   private pumpScheduled = false;
   private closed = false;
   private drained: Array<() => void> = [];
+  /** Rounds logged but not yet applied, oldest first. */
+  private readonly rounds: Round[] = [];
   private readonly buffer = new WriteBuffer();
   private readonly view: StateView;
   /** Index of the last command applied (its effects are in the buffer or the store). */
@@ -102,7 +111,7 @@ export class GroupHost {
   /** Stops taking writes; resolves once every accepted one is answered and in the state store. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.preparing > 0 || this.queue.length > 0 || this.roundsInflight > 0 || this.persisting || this.buffer.size > 0) {
+    while (this.preparing > 0 || this.queue.length > 0 || this.rounds.length > 0 || this.persisting || this.buffer.size > 0) {
       if (this.failed) return;
       await new Promise<void>((r) => {
         this.drained.push(r);
@@ -130,52 +139,63 @@ export class GroupHost {
   }
 
   private pump(): void {
-    while (this.queue.length > 0 && this.roundsInflight < this.opts.roundsInflightMax && this.buffer.size < this.opts.bufferedWritesMax) {
+    while (this.queue.length > 0 && this.rounds.length < this.opts.roundsInflightMax && this.buffer.size < this.opts.bufferedWritesMax) {
       this.startRound(this.queue.splice(0, this.opts.batchMax));
     }
     metrics.pendingCommands.set(this.queue.length);
     if (!this.persisting && this.buffer.size > 0) this.persist();
-    if (this.roundsInflight === 0 && this.queue.length === 0 && !this.persisting && this.buffer.size === 0) {
+    if (this.rounds.length === 0 && this.queue.length === 0 && !this.persisting && this.buffer.size === 0) {
       for (const r of this.drained.splice(0)) r();
     }
   }
 
   private startRound(batch: Pending[]): void {
-    this.roundsInflight++;
-    const started = performance.now();
+    const round: Round = { batch, first: 0, started: performance.now(), outcome: 'pending' };
+    this.rounds.push(round);
     const { first, durable } = this.log.append(batch.map((p) => p.cmd));
-    // Durable promises resolve in log order, so rounds are applied in log order.
-    durable
-      .then(
-        () => {
-          if (this.failed) throw this.failed;
-          const results = batch.map((p) => this.applyOne(p.cmd));
-          this.appliedIndex = first + batch.length - 1;
-          metrics.writeRounds.inc();
-          metrics.roundCommands.observe(batch.length);
-          metrics.roundSeconds.observe((performance.now() - started) / 1000);
-          for (let i = 0; i < batch.length; i++) {
-            const r = results[i]!;
-            if (r instanceof Error) batch[i]!.reject(r);
-            else batch[i]!.resolve(r);
-          }
-        },
-        (err: unknown) => {
-          // Not in the log, so not applied: every caller may be told the write failed (and a
-          // retry with an idempotency key stays exact).
-          this.opts.log.error('command log write failed', { err, commands: batch.length });
-          metrics.internalErrors.inc();
-          const failure = new FastpacaError('unavailable', 'storage write failed; retry', { retryAfterS: 1 });
-          for (const p of batch) p.reject(failure);
-        },
-      )
-      .catch((err: unknown) => {
-        for (const p of batch) p.reject(err instanceof FastpacaError ? err : new FastpacaError('unavailable', 'the node cannot write to its storage', { retryAfterS: 1 }));
-      })
-      .finally(() => {
-        this.roundsInflight--;
-        this.pump();
-      });
+    round.first = first;
+    durable.then(
+      () => {
+        round.outcome = 'durable';
+        this.applyRounds();
+      },
+      (err: unknown) => {
+        round.outcome = 'failed';
+        this.opts.log.error('command log write failed', { err, commands: batch.length });
+        metrics.internalErrors.inc();
+        this.applyRounds();
+      },
+    );
+  }
+
+  /**
+   * Applies finished rounds from the oldest, so commands are applied exactly in log order
+   * (recovery replays them in that order and must rebuild the same state), whatever order
+   * their fsyncs are reported in.
+   */
+  private applyRounds(): void {
+    while (this.rounds.length > 0 && this.rounds[0]!.outcome !== 'pending') {
+      const round = this.rounds.shift()!;
+      if (round.outcome === 'failed' || this.failed) {
+        // A failed log write: not logged, so not applied, and the callers may be told so (a
+        // retry with an idempotency key stays exact). A failed state store: logged but not
+        // applied here; the next start applies it, which the 503 contract allows.
+        const failure = new FastpacaError('unavailable', this.failed ? 'the node cannot write to its storage' : 'storage write failed; retry', { retryAfterS: 1 });
+        for (const p of round.batch) p.reject(failure);
+        continue;
+      }
+      const results = round.batch.map((p) => this.applyOne(p.cmd));
+      this.appliedIndex = round.first + round.batch.length - 1;
+      metrics.writeRounds.inc();
+      metrics.roundCommands.observe(round.batch.length);
+      metrics.roundSeconds.observe((performance.now() - round.started) / 1000);
+      for (let i = 0; i < round.batch.length; i++) {
+        const r = results[i]!;
+        if (r instanceof Error) round.batch[i]!.reject(r);
+        else round.batch[i]!.resolve(r);
+      }
+    }
+    this.pump();
   }
 
   /** Commits what the buffer holds to the state store, in one transaction, behind the rounds. */
