@@ -22,7 +22,7 @@ export interface Config {
   logLevel: LogLevel;
   /** Commands waiting for a write round before new ones get 503 `overloaded`. */
   pendingMax: number;
-  /** Commands applied in one LMDB transaction (one fsync). */
+  /** Commands in one write round (one command-log fsync). */
   batchMax: number;
   /** Write rounds in flight (logged, awaiting fsync) at once. */
   roundsInflightMax: number;

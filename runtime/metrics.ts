@@ -28,7 +28,7 @@ export const metrics = {
   }),
   writeRounds: new client.Counter({
     name: 'fastpaca_write_rounds_total',
-    help: 'LMDB write rounds (one transaction and one fsync each)',
+    help: 'Write rounds (one command-log fsync each)',
     registers: [registry],
   }),
   commandsApplied: new client.Counter({
@@ -44,7 +44,7 @@ export const metrics = {
   }),
   roundSeconds: new client.Histogram({
     name: 'fastpaca_write_round_seconds',
-    help: 'Time from the start of a write round to its fsync',
+    help: 'Time from the start of a write round to its answer (log fsync, then apply)',
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
     registers: [registry],
   }),

@@ -18,7 +18,7 @@ export interface HostOptions {
   log: Logger;
   /** Commands waiting (being prepared or queued) before new writes are refused. */
   pendingMax: number;
-  /** Commands applied in one transaction. */
+  /** Commands in one write round (one command-log fsync). */
   batchMax: number;
   /** Rounds written to the command log and awaiting their fsync at once. */
   roundsInflightMax: number;
