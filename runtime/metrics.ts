@@ -59,6 +59,11 @@ export const metrics = {
     help: 'Commands waiting for a write round',
     registers: [registry],
   }),
+  bufferedWrites: new client.Gauge({
+    name: 'fastpaca_buffered_writes',
+    help: 'Applied writes held in memory until the state store commits them (bounded by FASTPACA_BUFFERED_WRITES_MAX)',
+    registers: [registry],
+  }),
   internalErrors: new client.Counter({
     name: 'fastpaca_internal_errors_total',
     help: 'Bugs caught at a boundary (answered with 500 internal)',

@@ -86,6 +86,13 @@ export class GroupHost {
     return this.queue.length + this.preparing;
   }
 
+  /** Why this host cannot take writes, if it cannot. */
+  get unavailableReason(): string | undefined {
+    if (this.failed) return 'the state store cannot be written; restart the node';
+    if (this.closed) return 'shutting down';
+    return undefined;
+  }
+
   /** Applies a write; resolves once it is durable and applied. */
   submit(req: WriteRequest): Promise<CommandResult> {
     if (this.closed || this.failed) return Promise.reject(new FastpacaError('unavailable', this.failed ? 'the node cannot write to its storage' : 'the node is shutting down', { retryAfterS: 1 }));
@@ -143,6 +150,7 @@ export class GroupHost {
       this.startRound(this.queue.splice(0, this.opts.batchMax));
     }
     metrics.pendingCommands.set(this.queue.length);
+    metrics.bufferedWrites.set(this.buffer.size);
     if (!this.persisting && this.buffer.size > 0) this.persist();
     if (this.rounds.length === 0 && this.queue.length === 0 && !this.persisting && this.buffer.size === 0) {
       for (const r of this.drained.splice(0)) r();
@@ -208,6 +216,7 @@ export class GroupHost {
       .then(
         () => {
           this.buffer.release(writes);
+          metrics.bufferedWrites.set(this.buffer.size);
           // Once the state store has synced this, the log no longer needs entries up to index.
           if (!this.truncating) {
             this.truncating = true;

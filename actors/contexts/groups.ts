@@ -41,8 +41,9 @@ export class LocalGroups implements Groups {
     return this.host.read(req);
   }
 
-  readiness(): { ready: true } {
-    return { ready: true };
+  readiness(): { ready: true } | { ready: false; reason: string } {
+    const reason = this.host.unavailableReason;
+    return reason === undefined ? { ready: true } : { ready: false, reason };
   }
 
   close(): Promise<void> {
