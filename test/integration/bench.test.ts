@@ -1,0 +1,21 @@
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { cli } from '../support/server.js';
+
+describe('fastpaca bench', () => {
+  it('append runs briefly and ends with one JSON line of figures', () => {
+    const run = spawnSync(process.execPath, [cli, 'bench', 'append', '--json', '--duration', '1', '--connections', '4'], { encoding: 'utf8', timeout: 90_000 });
+    expect(run.status, run.stderr).toBe(0);
+    const last = run.stdout.trim().split('\n').pop()!;
+    const figures = JSON.parse(last);
+    expect(figures).toMatchObject({ scenario: 'append', errors: 0 });
+    for (const k of ['ops_per_s', 'p50_ms', 'p99_ms', 'p999_ms', 'baseline_per_s', 'ratio', 'driver_cpu_pct']) expect(typeof figures[k]).toBe('number');
+    expect(figures.ops_per_s).toBeGreaterThan(0);
+  });
+
+  it('an unknown scenario lists the scenarios and exits 2', () => {
+    const run = spawnSync(process.execPath, [cli, 'bench', 'nope'], { encoding: 'utf8', timeout: 30_000 });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('append');
+  });
+});
