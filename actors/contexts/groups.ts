@@ -1,9 +1,17 @@
+import { PoolTokenCounter } from '../tokenizer/pool.js';
+import type { Config } from '../../runtime/config.js';
 import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
-import type { GroupHost } from './group-host.js';
+import type { Logger } from '../../runtime/log.js';
+import { CommandLog } from './command-log.js';
+import { GroupHost, recover } from './group-host.js';
+import { LmdbStore } from './lmdb-store.js';
+import { monotonicClock } from './prepare.js';
 import type { QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
 import type { CommandResult } from './types.js';
+
+export type Readiness = { ready: true } | { ready: false; reason: string };
 
 /**
  * The seam between the gateway and the groups. The gateway addresses the group that owns an id
@@ -16,16 +24,42 @@ export interface Groups {
   read(group: number, req: ReadRequest & { id: string }): Promise<QueryResult>;
   /** Listing spans every group. */
   list(req: Extract<ReadRequest, { q: 'list' }>): Promise<QueryResult>;
-  readiness(): { ready: true } | { ready: false; reason: string };
+  readiness(): Readiness;
   close(): Promise<void>;
 }
 
-/** Every group of a single node, hosted on this thread by one GroupHost (one fsync per round for all). */
+/** Every group of a node hosted on the calling thread: storage, command log, host, token pool. */
 export class LocalGroups implements Groups {
-  constructor(
+  private constructor(
     readonly count: number,
     private readonly host: GroupHost,
+    private readonly closeStorage: () => Promise<void>,
   ) {}
+
+  /** Opens the storage, applies the command log's tail, and starts the host. */
+  static async open(config: Config, log: Logger): Promise<LocalGroups> {
+    const store = LmdbStore.open(config.dataDir, config.groups);
+    const commandLog = CommandLog.open(config.dataDir);
+    const machine = { defaultTokenizer: config.tokenizer };
+    const replayed = await recover(store, commandLog, machine);
+    if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed });
+    const counter = new PoolTokenCounter(config.tokenizerThreads);
+    const host = new GroupHost(store, commandLog, {
+      machine,
+      counter,
+      now: monotonicClock(),
+      log,
+      pendingMax: config.pendingMax,
+      batchMax: config.batchMax,
+      roundsInflightMax: config.roundsInflightMax,
+      bufferedWritesMax: config.bufferedWritesMax,
+    });
+    return new LocalGroups(config.groups, host, async () => {
+      await commandLog.close();
+      await store.close();
+      await counter.close();
+    });
+  }
 
   write(group: number, req: WriteRequest): Promise<CommandResult> {
     assert(group === groupOf(req.id, this.count), 'write addressed to the group that owns the id');
@@ -41,12 +75,14 @@ export class LocalGroups implements Groups {
     return this.host.read(req);
   }
 
-  readiness(): { ready: true } | { ready: false; reason: string } {
+  readiness(): Readiness {
     const reason = this.host.unavailableReason;
     return reason === undefined ? { ready: true } : { ready: false, reason };
   }
 
-  close(): Promise<void> {
-    return this.host.close();
+  /** Makes every accepted write durable and in the state store, then closes the storage. */
+  async close(): Promise<void> {
+    await this.host.close();
+    await this.closeStorage();
   }
 }
