@@ -79,10 +79,6 @@ export class MemoryView implements StateView {
       .slice(0, limit)
       .map((id) => clone(this.contexts.get(id)) as ContextState);
   }
-  /** Number of idempotency keys held, for tests of forgetting. */
-  idemSize(): number {
-    return this.idem.size;
-  }
 }
 
 function clone<T>(value: T): T {
