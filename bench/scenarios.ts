@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { httpRequest, runLoad } from './driver.js';
+import { runMailboxBench } from './mailbox.js';
 import type { LoadResult } from './driver.js';
 
 export interface BenchArgs {
@@ -26,6 +27,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   append: {
     describe: 'single-message appends spread over 1,000 contexts, against a bare uWS echo baseline',
     run: appendScenario,
+  },
+  mailbox: {
+    describe: 'messages between two threads through the shared-memory ring, against worker.postMessage',
+    run: (args) => runMailboxBench(args.json),
   },
 };
 

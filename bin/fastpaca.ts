@@ -9,7 +9,7 @@ const usage = `usage: fastpaca <command>
 commands:
   serve                         run a node configured from the environment (see docs/operations.md)
   bench <scenario> [--url U] [--json] [--duration S] [--connections N]
-                                run a benchmark scenario (scenarios: append)
+                                run a benchmark scenario (scenarios: append, mailbox)
 `;
 
 async function serve(): Promise<number> {

@@ -13,6 +13,15 @@ describe('fastpaca bench', () => {
     expect(figures.ops_per_s).toBeGreaterThan(0);
   });
 
+  it('mailbox compares the ring with postMessage and checks that nothing was lost', () => {
+    const run = spawnSync(process.execPath, [cli, 'bench', 'mailbox', '--json'], { encoding: 'utf8', timeout: 90_000 });
+    expect(run.status, run.stderr).toBe(0);
+    const figures = JSON.parse(run.stdout.trim().split('\n').pop()!);
+    expect(figures).toMatchObject({ scenario: 'mailbox', errors: 0 });
+    expect(figures.ops_per_s).toBeGreaterThan(0);
+    expect(figures.baseline_per_s).toBeGreaterThan(0);
+  });
+
   it('an unknown scenario lists the scenarios and exits 2', () => {
     const run = spawnSync(process.execPath, [cli, 'bench', 'nope'], { encoding: 'utf8', timeout: 30_000 });
     expect(run.status).toBe(2);
