@@ -30,6 +30,12 @@ export class CommandLog {
     return new CommandLog(path.join(dataDir, 'wal'));
   }
 
+  /** The oldest index the log still holds, or undefined when it is empty. */
+  firstIndex(): number | undefined {
+    for (const key of this.root.getKeys({ limit: 1 })) return key;
+    return undefined;
+  }
+
   /** The index the next command will get. */
   get nextIndex(): number {
     return this.next;

@@ -268,6 +268,14 @@ export class GroupHost {
 export async function recover(store: LmdbStore, log: CommandLog, machine: MachineOptions): Promise<number> {
   const RecoverBatch = 1000;
   let from = store.appliedIndex() + 1;
+  // The log only ever forgets what the store holds durably; a gap means the two do not belong
+  // together (a store deleted or restored without its log): replaying would build half a state.
+  const oldest = log.firstIndex();
+  if (oldest !== undefined && oldest > from) {
+    throw new Error(
+      `the state store holds commands up to ${from - 1} but the command log starts at ${oldest}: the data directory is incomplete (restore data.mdb and wal/ together)`,
+    );
+  }
   let replayed = 0;
   for (;;) {
     const entries = log.read(from, RecoverBatch);

@@ -50,6 +50,14 @@ describe('recovery from the command log', () => {
     expect(await recover(store, log, machine)).toBe(0);
   });
 
+  it('refuses a state store that is behind where the log starts (an incomplete data directory)', async () => {
+    const dir = tempDir();
+    const { store, log } = openBoth(dir);
+    await log.append(commands(5)).durable;
+    await log.truncate(3); // as if the store had held 1..3 durably, then was lost
+    await expect(recover(store, log, machine)).rejects.toThrow(/data directory is incomplete/);
+  });
+
   it('applies only what the state store does not hold yet (nothing twice)', async () => {
     const cmds = commands(20);
     const dir = tempDir();
