@@ -25,6 +25,18 @@ export interface Gateway {
 }
 
 const BodyMethods = new Set(['POST', 'PUT', 'PATCH']);
+/** Handlers only read the query; one empty instance serves every request without one. */
+const NoQuery = new URLSearchParams();
+
+/** Bound counter children per route and status class: labelling on every request costs a hash. */
+const requestCounters = new Map<string, ReturnType<typeof metrics.httpRequests.labels>>();
+function requestCounter(route: string, status: number) {
+  const cls = `${Math.floor(status / 100)}xx`;
+  const key = `${route} ${cls}`;
+  let c = requestCounters.get(key);
+  if (!c) requestCounters.set(key, (c = metrics.httpRequests.labels(route, cls)));
+  return c;
+}
 /** uWS's LIBUS_LISTEN_EXCLUSIVE_PORT (ListenOptions in its typings, which isolatedModules cannot read). */
 const ListenExclusivePort = 1;
 
@@ -78,7 +90,7 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
     const match = matchRoute(routes, method, path);
     const routeName = typeof match === 'string' ? match : match.route.name;
     const finish = (reply: Reply, close = false) => {
-      metrics.httpRequests.inc({ route: routeName, status: `${Math.floor(reply.status / 100)}xx` });
+      requestCounter(routeName, reply.status).inc();
       send(res, state, reply, close);
     };
 
@@ -92,7 +104,7 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
     const partial: Omit<Req, 'body'> = {
       method,
       path,
-      query: new URLSearchParams(rawQuery),
+      query: rawQuery === '' ? NoQuery : new URLSearchParams(rawQuery),
       headers: { authorization: '', idempotencyKey: req.getHeader('idempotency-key'), contentType: req.getHeader('content-type') },
       params: match.params,
     };

@@ -9,7 +9,18 @@ import { prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
 import { apply, type MachineOptions } from './state-machine.js';
-import type { Command, CommandResult } from './types.js';
+import type { Command, CommandResult, ContextState } from './types.js';
+import type { Tokenizer } from '../../runtime/config.js';
+
+const TokenizerCacheMax = 100_000;
+/** Bound children: labelling a counter on every command costs a hash of its labels. */
+const appliedByKind = {
+  put: metrics.commandsApplied.labels('put'),
+  append: metrics.commandsApplied.labels('append'),
+  compact: metrics.commandsApplied.labels('compact'),
+  patch: metrics.commandsApplied.labels('patch'),
+  tombstone: metrics.commandsApplied.labels('tombstone'),
+} as const;
 
 export interface HostOptions {
   machine: MachineOptions;
@@ -69,6 +80,21 @@ export class GroupHost {
   private appliedIndex: number;
   private persisting = false;
   private truncating = false;
+  /**
+   * Tokenizers of recently seen contexts, so preparing an append does not read and decode the
+   * whole record (apply reads it anyway). Refreshed when a put is applied; a stale entry only
+   * means an append racing a tokenizer change is counted with the previous one, which the
+   * command then carries, deterministically. Cleared when it reaches TokenizerCacheMax.
+   */
+  private readonly tokenizers = new Map<string, Tokenizer>();
+  private readonly tokenizerOf = (id: string): Tokenizer | undefined => {
+    let t = this.tokenizers.get(id);
+    if (t === undefined) {
+      t = this.view.getContext(id)?.tokenizer;
+      if (t !== undefined) this.remember(id, t);
+    }
+    return t;
+  };
   /** Set when the state store cannot be written: the node stops taking writes. */
   private failed: Error | undefined;
 
@@ -100,7 +126,7 @@ export class GroupHost {
       metrics.commandsRejected.inc();
       return Promise.reject(new FastpacaError('overloaded', 'too many writes are waiting; retry shortly', { retryAfterS: 1 }));
     }
-    const cmd = prepare(req, { view: this.view, counter: this.opts.counter, defaultTokenizer: this.opts.machine.defaultTokenizer, now: this.opts.now });
+    const cmd = prepare(req, { tokenizerOf: this.tokenizerOf, counter: this.opts.counter, defaultTokenizer: this.opts.machine.defaultTokenizer, now: this.opts.now });
     if (!(cmd instanceof Promise)) return this.enqueue(cmd);
     this.preparing++;
     return cmd.finally(() => this.preparing--).then((c) => this.enqueue(c));
@@ -246,10 +272,16 @@ export class GroupHost {
    * the round (and everyone else's writes) down with it; apply decides before it writes, so the
    * command has written nothing. The caller gets 500 internal.
    */
+  private remember(id: string, tokenizer: Tokenizer): void {
+    if (this.tokenizers.size >= TokenizerCacheMax) this.tokenizers.clear();
+    this.tokenizers.set(id, tokenizer);
+  }
+
   private applyOne(cmd: Command): CommandResult | Error {
     try {
       const result = apply(this.view, cmd, this.opts.machine);
-      metrics.commandsApplied.inc({ kind: cmd.t });
+      appliedByKind[cmd.t].inc();
+      if (cmd.t === 'put' && result.ok) this.remember(cmd.id, (result.value as ContextState).tokenizer);
       return result;
     } catch (err) {
       this.opts.log.error('apply failed', { err, kind: cmd.t, id: cmd.id });

@@ -1,5 +1,4 @@
 import type { Tokenizer } from '../../runtime/config.js';
-import type { StateView } from './state-view.js';
 import { approxPartTokens, sum } from './tokens.js';
 import type { Command, MessageInput, Part, PreparedMessage } from './types.js';
 import type { WriteRequest } from './requests.js';
@@ -10,7 +9,8 @@ export interface TokenCounter {
 }
 
 export interface PrepareDeps {
-  view: StateView;
+  /** The tokenizer of an existing context, as far as the caller knows now. */
+  tokenizerOf: (id: string) => Tokenizer | undefined;
   counter: TokenCounter;
   defaultTokenizer: Tokenizer;
   /** Milliseconds since epoch, never going backwards. */
@@ -36,7 +36,7 @@ export function prepare(req: WriteRequest, deps: PrepareDeps): Command | Promise
     case 'append':
     case 'compact': {
       const inputs = req.t === 'append' ? req.messages : req.replacement;
-      const tokenizer = deps.view.getContext(req.id)?.tokenizer ?? deps.defaultTokenizer;
+      const tokenizer = deps.tokenizerOf(req.id) ?? deps.defaultTokenizer;
       const build = (counts: number[][]): Command => {
         const messages = inputs.map((m, i) => prepared(m, counts[i]!));
         return req.t === 'append'
