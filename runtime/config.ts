@@ -28,6 +28,8 @@ export interface Config {
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;
+  /** Where the state store follows the command log: its own thread, or the gateway's. */
+  stateWriter: 'thread' | 'inline';
   /** Threads in the piscina pool for exact token counts. */
   tokenizerThreads: number;
 }
@@ -40,6 +42,12 @@ export class ConfigError extends Error {
 }
 
 type Env = Record<string, string | undefined>;
+
+function stateWriter(raw: string | undefined): 'thread' | 'inline' {
+  if (raw === undefined || raw === '' || raw === 'thread') return 'thread';
+  if (raw === 'inline') return 'inline';
+  throw new ConfigError('FASTPACA_STATE_WRITER must be thread or inline');
+}
 
 function int(env: Env, name: string, fallback: number, min: number, max: number): number {
   const raw = env[name];
@@ -72,6 +80,7 @@ export function loadConfig(env: Env = process.env): Config {
     batchMax: int(env, 'FASTPACA_BATCH_MAX', 2_000, 1, 100_000),
     roundsInflightMax: int(env, 'FASTPACA_ROUNDS_INFLIGHT_MAX', 4, 1, 64),
     bufferedWritesMax: int(env, 'FASTPACA_BUFFERED_WRITES_MAX', 200_000, 1_000, 10_000_000),
+    stateWriter: stateWriter(env.FASTPACA_STATE_WRITER),
     tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
   };
 }

@@ -55,6 +55,11 @@ export class CommandLog {
     return { first, durable: committed!.then(async () => void (await this.root.flushed)) };
   }
 
+  /** Sees what other threads have committed since this thread last read. */
+  refresh(): void {
+    this.root.resetReadTxn();
+  }
+
   /** Entries with index >= from, ascending, at most `limit`. */
   read(from: number, limit: number): Array<{ index: number; cmd: Command }> {
     const out: Array<{ index: number; cmd: Command }> = [];

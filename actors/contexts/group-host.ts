@@ -4,7 +4,9 @@ import { metrics } from '../../runtime/metrics.js';
 import type { CommandLog } from './command-log.js';
 import type { LmdbStore } from './lmdb-store.js';
 import type { StateView } from './state-view.js';
-import { WriteBuffer } from './tables.js';
+import { LogApplier } from './log-applier.js';
+import type { StateWriter, StateWriterFactory } from './state-writer.js';
+import { WriteBuffer, type PendingWrite } from './tables.js';
 import { prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
@@ -35,6 +37,8 @@ export interface HostOptions {
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;
+  /** Starts what keeps the state store following the command log (a thread of its own). */
+  stateWriter: StateWriterFactory;
 }
 
 interface Pending {
@@ -78,7 +82,9 @@ export class GroupHost {
   private readonly view: StateView;
   /** Index of the last command applied (its effects are in the buffer or the store). */
   private appliedIndex: number;
-  private persisting = false;
+  /** Writes of applied rounds, by the index of their last command, until the store holds them. */
+  private readonly unreleased: Array<{ index: number; writes: PendingWrite[] }> = [];
+  private writer!: StateWriter;
   private truncating = false;
   /**
    * Tokenizers of recently seen contexts, so preparing an append does not read and decode the
@@ -98,7 +104,7 @@ export class GroupHost {
   /** Set when the state store cannot be written: the node stops taking writes. */
   private failed: Error | undefined;
 
-  constructor(
+  private constructor(
     private readonly store: LmdbStore,
     private readonly log: CommandLog,
     private readonly opts: HostOptions,
@@ -106,6 +112,17 @@ export class GroupHost {
     this.view = store.bufferedView(this.buffer);
     this.appliedIndex = store.appliedIndex();
     assert(log.nextIndex > this.appliedIndex, 'the command log continues after what the state store holds');
+  }
+
+  /** A host over a recovered store and log (see `recover`), with its state writer started. */
+  static async create(store: LmdbStore, log: CommandLog, opts: HostOptions): Promise<GroupHost> {
+    const host = new GroupHost(store, log, opts);
+    host.writer = await opts.stateWriter({
+      persisted: (index) => host.persisted(index),
+      durable: (index) => host.durable(index),
+      failed: (err) => host.fail(err),
+    });
+    return host;
   }
 
   get pending(): number {
@@ -144,13 +161,14 @@ export class GroupHost {
   /** Stops taking writes; resolves once every accepted one is answered and in the state store. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.preparing > 0 || this.queue.length > 0 || this.rounds.length > 0 || this.persisting || this.buffer.size > 0) {
+    while (this.preparing > 0 || this.queue.length > 0 || this.rounds.length > 0) {
       if (this.failed) return;
       await new Promise<void>((r) => {
         this.drained.push(r);
         setTimeout(r, 20); // preparing (BPE counts) has no event of its own: poll it
       });
     }
+    await this.writer.close();
   }
 
   private enqueue(cmd: Command): Promise<CommandResult> {
@@ -177,8 +195,7 @@ export class GroupHost {
     }
     metrics.pendingCommands.set(this.queue.length);
     metrics.bufferedWrites.set(this.buffer.size);
-    if (!this.persisting && this.buffer.size > 0) this.persist();
-    if (this.rounds.length === 0 && this.queue.length === 0 && !this.persisting && this.buffer.size === 0) {
+    if (this.rounds.length === 0 && this.queue.length === 0) {
       for (const r of this.drained.splice(0)) r();
     }
   }
@@ -228,43 +245,38 @@ export class GroupHost {
         if (r instanceof Error) round.batch[i]!.reject(r);
         else round.batch[i]!.resolve(r);
       }
+      const writes = this.buffer.take();
+      if (writes.length > 0) this.unreleased.push({ index: this.appliedIndex, writes });
+      this.writer.upTo(this.appliedIndex);
     }
     this.pump();
   }
 
-  /** Commits what the buffer holds to the state store, in one transaction, behind the rounds. */
-  private persist(): void {
-    this.persisting = true;
-    const writes = this.buffer.take();
-    const index = this.appliedIndex;
-    this.store
-      .persist(writes, index)
-      .then(
-        () => {
-          this.buffer.release(writes);
-          metrics.bufferedWrites.set(this.buffer.size);
-          // Once the state store has synced this, the log no longer needs entries up to index.
-          if (!this.truncating) {
-            this.truncating = true;
-            void this.store.root.flushed
-              .then(() => this.log.truncate(index))
-              .catch((err: unknown) => this.opts.log.warn('command log truncation failed; will retry', { err }))
-              .finally(() => (this.truncating = false));
-          }
-        },
-        (err: unknown) => {
-          // The state store is behind the log and cannot catch up in this process: stop writes.
-          // Everything acknowledged is in the log and is applied again at the next start.
-          this.failed = err instanceof Error ? err : new Error(String(err));
-          this.opts.log.error('state store write failed; refusing writes until restart', { err });
-          metrics.internalErrors.inc();
-        },
-      )
-      .finally(() => {
-        this.persisting = false;
-        if (!this.failed) this.pump();
-        else for (const r of this.drained.splice(0)) r();
-      });
+  /** The state store holds every command up to index: its writes need not stay in memory. */
+  private persisted(index: number): void {
+    this.store.root.resetReadTxn(); // see what the writer thread committed before letting go
+    while (this.unreleased.length > 0 && this.unreleased[0]!.index <= index) this.buffer.release(this.unreleased.shift()!.writes);
+    metrics.bufferedWrites.set(this.buffer.size);
+    this.pump();
+  }
+
+  /** …and has them on disk: the command log may forget them. */
+  private durable(index: number): void {
+    if (this.truncating) return;
+    this.truncating = true;
+    void this.log
+      .truncate(index)
+      .catch((err: unknown) => this.opts.log.warn('command log truncation failed; will retry', { err }))
+      .finally(() => (this.truncating = false));
+  }
+
+  /** The state store cannot follow the log in this process: stop writes. Everything answered is
+   * in the log and is applied at the next start. */
+  private fail(err: Error): void {
+    this.failed = err;
+    this.opts.log.error('state store write failed; refusing writes until restart', { err });
+    metrics.internalErrors.inc();
+    for (const r of this.drained.splice(0)) r();
   }
 
   /**
@@ -292,35 +304,13 @@ export class GroupHost {
 }
 
 /**
- * Brings the state store up to the command log after a stop or a crash: applies every logged
- * command after the store's applied index, in order, in transactions of RecoverBatch, then
- * makes that durable and lets the log forget it. Apply is deterministic, so this rebuilds
- * exactly the state the commands produced before.
+ * Brings the state store up to the command log after a stop or a crash (LogApplier), makes
+ * that durable, lets the log forget it, and makes sure new commands get later indexes.
  */
 export async function recover(store: LmdbStore, log: CommandLog, machine: MachineOptions): Promise<number> {
-  const RecoverBatch = 1000;
-  let from = store.appliedIndex() + 1;
-  // The log only ever forgets what the store holds durably; a gap means the two do not belong
-  // together (a store deleted or restored without its log): replaying would build half a state.
-  const oldest = log.firstIndex();
-  if (oldest !== undefined && oldest > from) {
-    throw new Error(
-      `the state store holds commands up to ${from - 1} but the command log starts at ${oldest}: the data directory is incomplete (restore data.mdb and wal/ together)`,
-    );
-  }
-  let replayed = 0;
-  for (;;) {
-    const entries = log.read(from, RecoverBatch);
-    if (entries.length === 0) break;
-    store.root.transactionSync(() => {
-      for (const e of entries) apply(store.view, e.cmd, machine);
-      store.meta.putSync('applied', entries[entries.length - 1]!.index);
-    });
-    replayed += entries.length;
-    from = entries[entries.length - 1]!.index + 1;
-  }
-  await store.root.flushed;
-  const applied = store.appliedIndex();
+  const applier = new LogApplier(store, log, machine);
+  const replayed = applier.applyUpTo();
+  const applied = await applier.durable();
   while (!(await log.truncate(applied)));
   log.skipTo(applied + 1);
   return replayed;

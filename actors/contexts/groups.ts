@@ -6,6 +6,8 @@ import type { Logger } from '../../runtime/log.js';
 import { CommandLog } from './command-log.js';
 import { GroupHost, recover } from './group-host.js';
 import { LmdbStore } from './lmdb-store.js';
+import { LogApplier } from './log-applier.js';
+import { InlineStateWriter, ThreadStateWriter, type StateWriterFactory } from './state-writer.js';
 import { monotonicClock } from './prepare.js';
 import type { QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
@@ -44,7 +46,11 @@ export class LocalGroups implements Groups {
     const replayed = await recover(store, commandLog, machine);
     if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed });
     const counter = new PoolTokenCounter(config.tokenizerThreads);
-    const host = new GroupHost(store, commandLog, {
+    const stateWriter: StateWriterFactory =
+      config.stateWriter === 'inline'
+        ? (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine), events)
+        : (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, machine }, events, log);
+    const host = await GroupHost.create(store, commandLog, {
       machine,
       counter,
       now: monotonicClock(),
@@ -53,6 +59,7 @@ export class LocalGroups implements Groups {
       batchMax: config.batchMax,
       roundsInflightMax: config.roundsInflightMax,
       bufferedWritesMax: config.bufferedWritesMax,
+      stateWriter,
     });
     return new LocalGroups(config.groups, host, async () => {
       await commandLog.close();

@@ -3,7 +3,7 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { StateView } from './state-view.js';
-import { BufferedTable, DirectTable, writeThrough, type Key, type PendingWrite, type Table, type WriteBuffer } from './tables.js';
+import { BufferedTable, DirectTable, type Key, type Table, type WriteBuffer } from './tables.js';
 import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
 
 /** Bumped when the on-disk layout changes incompatibly. */
@@ -72,7 +72,7 @@ export class LmdbStore {
     return { log: make(this.log), overrides: make(this.overrides), summaries: make(this.summaries), idem: make(this.idem), idemOrder: make(this.idemOrder), ids: make(this.ids) };
   }
 
-  /** A view whose writes wait in `buffer` (readable at once) until `persist` commits them. */
+  /** A view whose writes wait in `buffer` (readable at once) until the store holds them. */
   bufferedView(buffer: WriteBuffer): StateView {
     return new LmdbView(this.tables((d) => new BufferedTable(d, buffer)), this.groups);
   }
@@ -80,19 +80,6 @@ export class LmdbStore {
   /** The index of the last command whose effects this store holds (0 for none). */
   appliedIndex(): number {
     return (this.meta.get('applied') as number | undefined) ?? 0;
-  }
-
-  /**
-   * Commits buffered writes with the index of the last command they belong to, in one
-   * transaction, so the store is always at a command boundary. Resolves once committed (visible
-   * to readers), not once synced: the command log is what makes a write durable.
-   */
-  async persist(writes: PendingWrite[], appliedIndex: number): Promise<void> {
-    await this.root.transaction(() => {
-      writeThrough(writes);
-      this.meta.putSync('applied', appliedIndex);
-    });
-    this.root.resetReadTxn();
   }
 
   async close(): Promise<void> {

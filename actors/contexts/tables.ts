@@ -53,22 +53,17 @@ interface Slot<V> {
   gen: number;
 }
 
-/**
- * A write kept in memory until the state database has committed it. It carries its own value:
- * the store must hold exactly the effects of the commands up to its applied index, never a
- * newer value of the same key written by a later command.
- */
+/** A write kept in memory until the state store holds it (the store applies the same command). */
 export interface PendingWrite {
   table: BufferedTable<unknown>;
   slot: Slot<unknown>;
   gen: number;
-  /** undefined: removed. */
-  value: unknown;
 }
 
 /**
  * Collects the writes of applied commands. They stay readable from memory (over what LMDB has
- * committed) until the state database commits them; then they are released. `size` bounds it.
+ * committed) until the state store, which applies the same commands, holds them; then they are
+ * released. `size` bounds it.
  */
 export class WriteBuffer {
   private pending: PendingWrite[] = [];
@@ -84,14 +79,14 @@ export class WriteBuffer {
     this.pending.push(w);
   }
 
-  /** Hands over the writes recorded so far, in order, for one state transaction. */
+  /** Hands over the writes recorded so far, to be released together later. */
   take(): PendingWrite[] {
     const taken = this.pending;
     this.pending = [];
     return taken;
   }
 
-  /** The state database committed these: drop each from memory unless written again since. */
+  /** The state store holds these: drop each from memory unless written again since. */
   release(writes: PendingWrite[]): void {
     for (const w of writes) if (w.slot.gen === w.gen) w.table.drop(w.slot);
   }
@@ -140,7 +135,7 @@ export class BufferedTable<V> implements Table<V> {
     }
     s.value = value;
     s.gen = this.buffer.nextGen();
-    this.buffer.record({ table: this as BufferedTable<unknown>, slot: s as Slot<unknown>, gen: s.gen, value });
+    this.buffer.record({ table: this as BufferedTable<unknown>, slot: s as Slot<unknown>, gen: s.gen });
   }
 
   drop(slot: Slot<V>): void {
@@ -169,23 +164,5 @@ export class BufferedTable<V> implements Table<V> {
       .sort(([a], [b]) => compareParts(a, b))
       .slice(0, limit)
       .map(([last, value]) => ({ last, value }));
-  }
-}
-
-/**
- * Writes buffered writes to LMDB inside one state transaction. Only the last write of each key
- * in the batch is written: the transaction is atomic, so the earlier ones would be overwritten
- * before anyone could read them (a busy conversation's record is rewritten once per batch, not
- * once per append).
- */
-export function writeThrough(writes: PendingWrite[]): void {
-  const written = new Set<Slot<unknown>>();
-  for (let i = writes.length - 1; i >= 0; i--) {
-    const w = writes[i]!;
-    if (written.has(w.slot)) continue;
-    written.add(w.slot);
-    const db = w.table.db as Database<unknown, Key>;
-    if (w.value === undefined) db.removeSync(w.slot.key);
-    else db.putSync(w.slot.key, w.value);
   }
 }

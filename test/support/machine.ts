@@ -4,7 +4,7 @@ import { apply } from '../../actors/contexts/state-machine.js';
 import type { StateView } from '../../actors/contexts/state-view.js';
 import { approxPartTokens } from '../../actors/contexts/tokens.js';
 import type { Command, CommandResult, Part, PreparedMessage } from '../../actors/contexts/types.js';
-import { WriteBuffer, writeThrough } from '../../actors/contexts/tables.js';
+import { WriteBuffer } from '../../actors/contexts/tables.js';
 import { tempDir } from './server.js';
 
 export interface Machine {
@@ -31,17 +31,24 @@ export const machines: Record<string, () => Machine> = {
       close: () => store.close(),
     };
   },
-  /** Writes wait in memory and reach LMDB every third command, so reads merge both. */
+  /**
+   * As the node runs: writes wait in memory while the store catches up by applying the same
+   * commands itself, every third command, so reads merge memory and LMDB.
+   */
   'lmdb-buffered': () => {
     const store = LmdbStore.open(tempDir('fastpaca-sm-'), 16);
     const buffer = new WriteBuffer();
     const view = store.bufferedView(buffer);
-    let n = 0;
+    let behind: Command[] = [];
     const run = (cmd: Command) => {
       const r = apply(view, cmd, { defaultTokenizer: 'approx' });
-      if (++n % 3 === 0) {
+      behind.push(cmd);
+      if (behind.length === 3) {
         const writes = buffer.take();
-        store.root.transactionSync(() => writeThrough(writes));
+        const cmds = behind;
+        behind = [];
+        store.root.transactionSync(() => cmds.forEach((c) => apply(store.view, c, { defaultTokenizer: 'approx' })));
+        store.root.resetReadTxn();
         buffer.release(writes);
       }
       return r;

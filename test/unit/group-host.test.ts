@@ -2,6 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CommandLog } from '../../actors/contexts/command-log.js';
 import { GroupHost, recover } from '../../actors/contexts/group-host.js';
 import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
+import { LogApplier } from '../../actors/contexts/log-applier.js';
+import { InlineStateWriter } from '../../actors/contexts/state-writer.js';
 import type { AppendResult, CommandResult } from '../../actors/contexts/types.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
@@ -10,11 +12,11 @@ import { tempDir } from '../support/server.js';
 const machine = { defaultTokenizer: 'approx' as const };
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }], metadata: {} });
 
-async function openHost(dir: string, overrides: Partial<ConstructorParameters<typeof GroupHost>[2]> = {}) {
+async function openHost(dir: string, overrides: Partial<Parameters<typeof GroupHost.create>[2]> = {}) {
   const store = LmdbStore.open(dir, 16);
   const log = CommandLog.open(dir);
   await recover(store, log, machine);
-  const host = new GroupHost(store, log, {
+  const host = await GroupHost.create(store, log, {
     machine,
     counter: { countParts: async () => Promise.reject(new Error('no BPE in this test')) },
     now: () => 1_000,
@@ -23,6 +25,7 @@ async function openHost(dir: string, overrides: Partial<ConstructorParameters<ty
     batchMax: 7,
     roundsInflightMax: 3,
     bufferedWritesMax: 1_000_000,
+    stateWriter: (events) => new InlineStateWriter(new LogApplier(store, log, machine), events),
     ...overrides,
   });
   return {

@@ -1,0 +1,151 @@
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '../../runtime/log.js';
+import type { LogApplier } from './log-applier.js';
+import type { MachineOptions } from './state-machine.js';
+
+/** What a state writer tells the host. */
+export interface StateWriterEvents {
+  /** The state store holds (committed) every command up to index. */
+  persisted(index: number): void;
+  /** …and has it on disk: the command log may forget up to index. */
+  durable(index: number): void;
+  /** The state store cannot be written. */
+  failed(err: Error): void;
+}
+
+/** Keeps the state store following the command log, on some thread. */
+export interface StateWriter {
+  /** The host has applied (and logged) every command up to index. */
+  upTo(index: number): void;
+  /** Resolves once the store holds every command asked for, on disk. */
+  close(): Promise<void>;
+}
+
+export type StateWriterFactory = (events: StateWriterEvents) => StateWriter | Promise<StateWriter>;
+
+/** Applies on the calling thread, one event-loop turn after it is asked (tests and tools). */
+export class InlineStateWriter implements StateWriter {
+  private target = 0;
+  private scheduled = false;
+
+  constructor(
+    private readonly applier: LogApplier,
+    private readonly events: StateWriterEvents,
+  ) {}
+
+  upTo(index: number): void {
+    this.target = Math.max(this.target, index);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.run());
+  }
+
+  private run(): void {
+    this.scheduled = false;
+    try {
+      this.applier.applyUpTo(this.target);
+    } catch (err) {
+      this.events.failed(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    this.events.persisted(this.applier.appliedIndex);
+    void this.applier.durable().then((i) => this.events.durable(i));
+  }
+
+  async close(): Promise<void> {
+    this.applier.applyUpTo(this.target);
+    await this.applier.durable();
+  }
+}
+
+/** Thread → host. */
+export type FromStateWriter =
+  | { type: 'ready' }
+  | { type: 'persisted'; index: number }
+  | { type: 'durable'; index: number }
+  | { type: 'failed'; message: string }
+  | { type: 'closed'; index: number };
+
+export interface StateWriterThreadData {
+  dataDir: string;
+  groups: number;
+  machine: MachineOptions;
+}
+
+/** Unexpected exits of the writer thread tolerated before the host is told the store failed. */
+const RestartsMax = 5;
+
+/**
+ * Applies on a thread of its own, so the gateway's thread never runs the state store's
+ * transactions. The thread reads the command log itself; only indexes cross between threads.
+ * A thread that dies is started again (it resumes from the store's applied index); after
+ * RestartsMax the host is told the store failed.
+ */
+export class ThreadStateWriter implements StateWriter {
+  private worker!: Worker;
+  private asked = 0;
+  private restarts = 0;
+  private closing: ((index: number) => void) | undefined;
+
+  private constructor(
+    private readonly data: StateWriterThreadData,
+    private readonly events: StateWriterEvents,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(data: StateWriterThreadData, events: StateWriterEvents, log: Logger): Promise<ThreadStateWriter> {
+    const writer = new ThreadStateWriter(data, events, log);
+    await writer.spawn();
+    return writer;
+  }
+
+  private spawn(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let ready = false;
+      const worker = new Worker(new URL('./state-writer-thread.js', import.meta.url), { workerData: this.data });
+      this.worker = worker;
+      worker.on('message', (m: FromStateWriter) => {
+        switch (m.type) {
+          case 'ready':
+            ready = true;
+            if (this.asked > 0) worker.postMessage({ upTo: this.asked });
+            resolve();
+            return;
+          case 'persisted':
+            this.events.persisted(m.index);
+            return;
+          case 'durable':
+            this.events.durable(m.index);
+            return;
+          case 'failed':
+            this.events.failed(new Error(m.message));
+            return;
+          case 'closed':
+            this.closing?.(m.index);
+            return;
+        }
+      });
+      worker.on('error', (err) => this.log.error('state writer thread failed', { err }));
+      worker.on('exit', (code) => {
+        if (this.closing) return;
+        if (!ready) return reject(new Error(`the state writer thread exited with code ${code} before it was ready`));
+        if (++this.restarts > RestartsMax) return this.events.failed(new Error(`the state writer thread keeps exiting (code ${code})`));
+        this.log.error('state writer thread exited; starting it again', { code, restarts: this.restarts });
+        this.spawn().catch((err: unknown) => this.events.failed(err instanceof Error ? err : new Error(String(err))));
+      });
+    });
+  }
+
+  upTo(index: number): void {
+    if (index <= this.asked) return;
+    this.asked = index;
+    this.worker.postMessage({ upTo: index });
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<number>((resolve) => (this.closing = resolve));
+    this.worker.postMessage({ close: true, upTo: this.asked });
+    await closed;
+    await this.worker.terminate();
+  }
+}
