@@ -60,15 +60,15 @@ interface Round {
  *
  *   1. persist: the round's commands are appended to the command log and fsynced;
  *   2. apply: then, in log order, the state machine applies them (its writes wait in memory,
- *      readable at once, until the state store commits them);
+ *      readable at once, until the state store holds them);
  *   3. answer: every caller of the round gets its result.
  *
  * Nothing is acknowledged before it is on disk, and nothing is applied (so nothing is readable)
  * before it is on disk either: a read never sees a write that a crash could lose. Rounds are
- * pipelined (the next is logged while one is being synced); the state store commits the
- * buffered writes in large batches behind them and syncs on its own schedule, and the log
- * forgets what the state store holds durably. After a crash the log's tail is applied again
- * from the state store's applied index (see `recover`).
+ * pipelined (the next is logged while one is being synced). Behind them the state writer, on
+ * a thread of its own, applies the same logged commands to the state store and says how far it
+ * is; the host then releases those writes, and the log forgets what the store holds durably.
+ * After a crash the log's tail is applied from the store's applied index (see `recover`).
  */
 export class GroupHost {
   private queue: Pending[] = [];
