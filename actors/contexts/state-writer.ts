@@ -142,6 +142,11 @@ export class ThreadStateWriter implements StateWriter {
     this.worker.postMessage({ upTo: index });
   }
 
+  /** Stops the thread abruptly, as a crash would; it is started again like after any crash. */
+  async kill(): Promise<void> {
+    await this.worker.terminate();
+  }
+
   async close(): Promise<void> {
     const closed = new Promise<number>((resolve) => (this.closing = resolve));
     this.worker.postMessage({ close: true, upTo: this.asked });
