@@ -74,6 +74,8 @@ export interface StateWriterThreadData {
 
 /** Unexpected exits of the writer thread tolerated before the host is told the store failed. */
 const RestartsMax = 5;
+/** Closing waits this long for the thread to finish applying and syncing. */
+const CloseDeadlineMs = 60_000;
 
 /**
  * Applies on a thread of its own, so the gateway's thread never runs the state store's
@@ -86,6 +88,7 @@ export class ThreadStateWriter implements StateWriter {
   private asked = 0;
   private restarts = 0;
   private closing: ((index: number) => void) | undefined;
+  private alive = false;
 
   private constructor(
     private readonly data: StateWriterThreadData,
@@ -108,6 +111,7 @@ export class ThreadStateWriter implements StateWriter {
         switch (m.type) {
           case 'ready':
             ready = true;
+            this.alive = true;
             if (this.asked > 0) worker.postMessage({ upTo: this.asked });
             resolve();
             return;
@@ -127,7 +131,8 @@ export class ThreadStateWriter implements StateWriter {
       });
       worker.on('error', (err) => this.log.error('state writer thread failed', { err }));
       worker.on('exit', (code) => {
-        if (this.closing) return;
+        this.alive = false;
+        if (this.closing) return this.closing(-1);
         if (!ready) return reject(new Error(`the state writer thread exited with code ${code} before it was ready`));
         if (++this.restarts > RestartsMax) return this.events.failed(new Error(`the state writer thread keeps exiting (code ${code})`));
         this.log.error('state writer thread exited; starting it again', { code, restarts: this.restarts });
@@ -147,10 +152,18 @@ export class ThreadStateWriter implements StateWriter {
     await this.worker.terminate();
   }
 
+  /**
+   * Asks the thread to apply everything asked for, sync and close the store. A thread that is
+   * gone (it failed for good) has nothing to finish: the log holds the commands for next start.
+   */
   async close(): Promise<void> {
+    if (!this.alive) return;
     const closed = new Promise<number>((resolve) => (this.closing = resolve));
     this.worker.postMessage({ close: true, upTo: this.asked });
-    await closed;
+    const deadline = setTimeout(() => this.closing?.(-1), CloseDeadlineMs);
+    const index = await closed;
+    clearTimeout(deadline);
+    if (index < 0) this.log.error('state writer thread did not close in time; the command log will be applied at the next start');
     await this.worker.terminate();
   }
 }
