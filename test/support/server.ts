@@ -21,8 +21,9 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** A fresh directory inside the run's directory (test/support/global-setup.ts removes it). */
 export function tempDir(prefix = 'fastpaca-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return fs.mkdtempSync(path.join(process.env.FASTPACA_TEST_TMP ?? os.tmpdir(), prefix));
 }
 
 export interface TestServer {
