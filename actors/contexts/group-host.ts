@@ -10,7 +10,7 @@ import { WriteBuffer, type PendingWrite } from './tables.js';
 import { prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
-import { apply, type MachineOptions } from './state-machine.js';
+import { applySafely, type MachineOptions } from './state-machine.js';
 import type { Command, CommandResult, ContextState } from './types.js';
 import type { Tokenizer } from '../../runtime/config.js';
 
@@ -75,7 +75,6 @@ export class GroupHost {
   private preparing = 0;
   private pumpScheduled = false;
   private closed = false;
-  private drained: Array<() => void> = [];
   /** Rounds logged but not yet applied, oldest first. */
   private readonly rounds: Round[] = [];
   private readonly buffer = new WriteBuffer();
@@ -161,12 +160,9 @@ export class GroupHost {
   /** Stops taking writes; resolves once every accepted one is answered and in the state store. */
   async close(): Promise<void> {
     this.closed = true;
-    while (this.preparing > 0 || this.queue.length > 0 || this.rounds.length > 0) {
-      if (this.failed) return;
-      await new Promise<void>((r) => {
-        this.drained.push(r);
-        setTimeout(r, 20); // preparing (BPE counts) has no event of its own: poll it
-      });
+    // Preparing (BPE counts) has no event of its own, so this polls; a close waits at most a poll.
+    while (!this.failed && (this.preparing > 0 || this.queue.length > 0 || this.rounds.length > 0)) {
+      await new Promise((r) => setTimeout(r, 20));
     }
     await this.writer.close();
   }
@@ -195,16 +191,13 @@ export class GroupHost {
     }
     metrics.pendingCommands.set(this.queue.length);
     metrics.bufferedWrites.set(this.buffer.size);
-    if (this.rounds.length === 0 && this.queue.length === 0) {
-      for (const r of this.drained.splice(0)) r();
-    }
   }
 
   private startRound(batch: Pending[]): void {
-    const round: Round = { batch, first: 0, started: performance.now(), outcome: 'pending' };
-    this.rounds.push(round);
+    const started = performance.now();
     const { first, durable } = this.log.append(batch.map((p) => p.cmd));
-    round.first = first;
+    const round: Round = { batch, first, started, outcome: 'pending' };
+    this.rounds.push(round);
     durable.then(
       () => {
         round.outcome = 'durable';
@@ -276,30 +269,22 @@ export class GroupHost {
     this.failed = err;
     this.opts.log.error('state store write failed; refusing writes until restart', { err });
     metrics.internalErrors.inc();
-    for (const r of this.drained.splice(0)) r();
   }
 
-  /**
-   * A throw from apply is a bug, never bad input. It is caught here so one command cannot take
-   * the round (and everyone else's writes) down with it; apply decides before it writes, so the
-   * command has written nothing. The caller gets 500 internal.
-   */
   private remember(id: string, tokenizer: Tokenizer): void {
     if (this.tokenizers.size >= TokenizerCacheMax) this.tokenizers.clear();
     this.tokenizers.set(id, tokenizer);
   }
 
   private applyOne(cmd: Command): CommandResult | Error {
-    try {
-      const result = apply(this.view, cmd, this.opts.machine);
-      appliedByKind[cmd.t].inc();
-      if (cmd.t === 'put' && result.ok) this.remember(cmd.id, (result.value as ContextState).tokenizer);
-      return result;
-    } catch (err) {
+    const result = applySafely(this.view, cmd, this.opts.machine, (err) => {
       this.opts.log.error('apply failed', { err, kind: cmd.t, id: cmd.id });
       metrics.internalErrors.inc();
-      return new FastpacaError('internal', 'the write failed on an internal error; it was not applied');
-    }
+    });
+    if (result instanceof Error) return result;
+    appliedByKind[cmd.t].inc();
+    if (cmd.t === 'put' && result.ok) this.remember(cmd.id, (result.value as ContextState).tokenizer);
+    return result;
   }
 }
 
@@ -307,8 +292,8 @@ export class GroupHost {
  * Brings the state store up to the command log after a stop or a crash (LogApplier), makes
  * that durable, lets the log forget it, and makes sure new commands get later indexes.
  */
-export async function recover(store: LmdbStore, log: CommandLog, machine: MachineOptions): Promise<number> {
-  const applier = new LogApplier(store, log, machine);
+export async function recover(store: LmdbStore, log: CommandLog, machine: MachineOptions, logger: Logger): Promise<number> {
+  const applier = new LogApplier(store, log, machine, logger);
   const replayed = applier.applyUpTo();
   const applied = await applier.durable();
   while (!(await log.truncate(applied)));

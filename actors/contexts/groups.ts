@@ -43,13 +43,13 @@ export class LocalGroups implements Groups {
     const store = LmdbStore.open(config.dataDir, config.groups);
     const commandLog = CommandLog.open(config.dataDir);
     const machine = { defaultTokenizer: config.tokenizer };
-    const replayed = await recover(store, commandLog, machine);
+    const replayed = await recover(store, commandLog, machine, log);
     if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed });
     const counter = new PoolTokenCounter(config.tokenizerThreads);
     const stateWriter: StateWriterFactory =
       config.stateWriter === 'inline'
-        ? (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine), events)
-        : (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, machine }, events, log);
+        ? (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events)
+        : (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, machine, logLevel: config.logLevel, nodeId: config.nodeId }, events, log);
     const host = await GroupHost.create(store, commandLog, {
       machine,
       counter,

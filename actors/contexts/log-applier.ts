@@ -1,6 +1,7 @@
 import type { CommandLog } from './command-log.js';
 import type { LmdbStore } from './lmdb-store.js';
-import { apply, type MachineOptions } from './state-machine.js';
+import type { Logger } from '../../runtime/log.js';
+import { applySafely, type MachineOptions } from './state-machine.js';
 
 /** Commands applied per state-store transaction. */
 const ApplyBatch = 2_000;
@@ -19,6 +20,7 @@ export class LogApplier {
     private readonly store: LmdbStore,
     private readonly log: CommandLog,
     private readonly machine: MachineOptions,
+    private readonly logger: Logger,
   ) {
     this.applied = store.appliedIndex();
     // The log only forgets what the store holds durably; a gap means the two do not belong
@@ -46,7 +48,9 @@ export class LogApplier {
       const entries = this.log.read(this.applied + 1, ApplyBatch).filter((e) => upTo === undefined || e.index <= upTo);
       if (entries.length === 0) return count;
       this.store.root.transactionSync(() => {
-        for (const e of entries) apply(this.store.view, e.cmd, this.machine);
+        for (const e of entries) {
+          applySafely(this.store.view, e.cmd, this.machine, (err, cmd) => this.logger.error('apply failed', { err, kind: cmd.t, id: cmd.id, index: e.index }));
+        }
         this.store.meta.putSync('applied', entries[entries.length - 1]!.index);
       });
       this.applied = entries[entries.length - 1]!.index;

@@ -1,4 +1,4 @@
-import { assert } from '../../runtime/errors.js';
+import { FastpacaError, assert } from '../../runtime/errors.js';
 import type { StateView } from './state-view.js';
 import { sum } from './tokens.js';
 import {
@@ -45,6 +45,21 @@ export function apply(view: StateView, cmd: Command, opts: MachineOptions): Comm
       return patch(view, cmd);
     case 'tombstone':
       return tombstone(view, cmd);
+  }
+}
+
+/**
+ * apply, for a caller that goes on with the next command. A throw is a bug, never bad input: it
+ * is reported to `onBug` and the caller of the command gets 500 internal, while the commands
+ * after it are applied as usual. The host, the state writer and recovery all apply through
+ * here, so a command that trips a bug is treated the same everywhere (and cannot stop recovery).
+ */
+export function applySafely(view: StateView, cmd: Command, opts: MachineOptions, onBug: (err: unknown, cmd: Command) => void): CommandResult | FastpacaError {
+  try {
+    return apply(view, cmd, opts);
+  } catch (err) {
+    onBug(err, cmd);
+    return new FastpacaError('internal', 'the write failed on an internal error');
   }
 }
 

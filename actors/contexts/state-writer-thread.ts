@@ -3,6 +3,7 @@
  * host asks, and says how far the store is, committed and on disk. No uWS app runs here.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { createLogger } from '../../runtime/log.js';
 import { CommandLog } from './command-log.js';
 import { LmdbStore } from './lmdb-store.js';
 import { LogApplier } from './log-applier.js';
@@ -12,7 +13,7 @@ const port = parentPort!;
 const data = workerData as StateWriterThreadData;
 const store = LmdbStore.open(data.dataDir, data.groups);
 const log = CommandLog.open(data.dataDir);
-const applier = new LogApplier(store, log, data.machine);
+const applier = new LogApplier(store, log, data.machine, createLogger(data.logLevel, { node_id: data.nodeId, thread: 'state-writer' }));
 const send = (m: FromStateWriter) => port.postMessage(m);
 
 let target = applier.appliedIndex;

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import type { Logger } from '../../runtime/log.js';
+import type { LogLevel, Logger } from '../../runtime/log.js';
 import type { LogApplier } from './log-applier.js';
 import type { MachineOptions } from './state-machine.js';
 
@@ -70,6 +70,8 @@ export interface StateWriterThreadData {
   dataDir: string;
   groups: number;
   machine: MachineOptions;
+  logLevel: LogLevel;
+  nodeId: string;
 }
 
 /** Unexpected exits of the writer thread tolerated before the host is told the store failed. */

@@ -10,22 +10,23 @@ import { createLogger } from '../../runtime/log.js';
 import { tempDir } from '../support/server.js';
 
 const machine = { defaultTokenizer: 'approx' as const };
+const quiet = createLogger('error', {}, () => {});
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }], metadata: {} });
 
 async function openHost(dir: string, overrides: Partial<Parameters<typeof GroupHost.create>[2]> = {}) {
   const store = LmdbStore.open(dir, 16);
   const log = CommandLog.open(dir);
-  await recover(store, log, machine);
+  await recover(store, log, machine, quiet);
   const host = await GroupHost.create(store, log, {
     machine,
     counter: { countParts: async () => Promise.reject(new Error('no BPE in this test')) },
     now: () => 1_000,
-    log: createLogger('error'),
+    log: quiet,
     pendingMax: 10_000,
     batchMax: 7,
     roundsInflightMax: 3,
     bufferedWritesMax: 1_000_000,
-    stateWriter: (events) => new InlineStateWriter(new LogApplier(store, log, machine), events),
+    stateWriter: (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events),
     ...overrides,
   });
   return {

@@ -33,7 +33,7 @@ describe('state writer thread', () => {
       const check = () => (persisted.at(-1) ?? 0) >= index ? resolve() : (waiter = check);
       check();
     });
-    const writer = await ThreadStateWriter.start({ dataDir: dir, groups: 16, machine }, {
+    const writer = await ThreadStateWriter.start({ dataDir: dir, groups: 16, machine, logLevel: 'error', nodeId: 'test' }, {
       persisted: (i) => { persisted.push(i); waiter?.(); },
       durable: () => {},
       failed: (err) => failures.push(err),
