@@ -6,7 +6,7 @@ export interface Req {
   method: string;
   path: string;
   query: URLSearchParams;
-  headers: { authorization: string; idempotencyKey: string; contentType: string };
+  headers: { idempotencyKey: string };
   params: string[];
   body: Buffer;
 }

@@ -105,7 +105,7 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
       method,
       path,
       query: rawQuery === '' ? NoQuery : new URLSearchParams(rawQuery),
-      headers: { authorization: '', idempotencyKey: req.getHeader('idempotency-key'), contentType: req.getHeader('content-type') },
+      headers: { idempotencyKey: req.getHeader('idempotency-key') },
       params: match.params,
     };
     inflight++;

@@ -31,7 +31,7 @@ export class LmdbStore {
   readonly idemOrder: Database<string, Key>;
   readonly ids: Database<number, Key>;
   readonly meta: Database<unknown, string>;
-  /** Reads and writes LMDB directly: inside a write transaction, for recovery and tests. */
+  /** Reads and writes LMDB directly, inside a write transaction: what LogApplier applies through. */
   readonly view: StateView;
 
   private constructor(readonly dir: string, readonly groups: number) {
@@ -86,7 +86,6 @@ export class LmdbStore {
     await this.root.flushed;
     await this.root.close();
   }
-
 }
 
 interface Tables {

@@ -29,7 +29,7 @@ function lmdbRange<V>(db: Database<V, Key>, prefix: Key, from: KeyPart, to: KeyP
   return out;
 }
 
-/** Reads and writes LMDB directly (inside a write transaction, for recovery and tests). */
+/** Reads and writes LMDB directly, inside a write transaction (the state writer's view). */
 export class DirectTable<V> implements Table<V> {
   constructor(private readonly db: Database<V, Key>) {}
   get(key: Key): V | undefined {
