@@ -132,6 +132,12 @@ export class RingReader extends RingView {
     return record;
   }
 
+  /** Wakes a waitForData parked on this ring (from any thread), as a write would. */
+  wake(): void {
+    Atomics.add(this.header, Signal, 1);
+    Atomics.notify(this.header, Signal);
+  }
+
   /**
    * Resolves when the ring may hold a record: at once if it does, else when the writer signals.
    * `Atomics.waitAsync` does not keep a thread alive by itself; the caller holds the event loop.
