@@ -18,16 +18,34 @@ export class CommandLog {
   private readonly root: RootDatabase<Command, number>;
   private next: number;
 
-  private constructor(dir: string) {
+  private constructor(
+    dir: string,
+    /** Which log of the node this is: each worker thread writes its own (FASTPACA_WORKERS). */
+    readonly id: number,
+  ) {
     fs.mkdirSync(dir, { recursive: true });
-    this.root = open<Command, number>({ path: dir, overlappingSync: true, mapSize: 2 ** 33 });
+    this.root = open<Command, number>({ path: dir, noSubdir: false, overlappingSync: true, mapSize: 2 ** 33 });
     let last = 0;
     for (const key of this.root.getKeys({ reverse: true, limit: 1 })) last = key;
     this.next = last + 1;
   }
 
-  static open(dataDir: string): CommandLog {
-    return new CommandLog(path.join(dataDir, 'wal'));
+  /** Opens (or creates) log `id` of the node whose data is in dataDir: `<dataDir>/wal/<id>`. */
+  static open(dataDir: string, id = 0): CommandLog {
+    assert(Number.isSafeInteger(id) && id >= 0, 'command log ids are whole numbers');
+    return new CommandLog(path.join(dataDir, 'wal', String(id)), id);
+  }
+
+  /** The ids of the logs found in dataDir, ascending (a node started with more workers before
+   * leaves logs that no worker writes now; they still have to be applied). */
+  static ids(dataDir: string): number[] {
+    let names: string[];
+    try {
+      names = fs.readdirSync(path.join(dataDir, 'wal'));
+    } catch {
+      return [];
+    }
+    return names.filter((n) => /^\d+$/.test(n)).map(Number).sort((a, b) => a - b);
   }
 
   /** The oldest index the log still holds, or undefined when it is empty. */

@@ -39,6 +39,8 @@ export interface HostOptions {
   bufferedWritesMax: number;
   /** Starts what keeps the state store following the command log (a thread of its own). */
   stateWriter: StateWriterFactory;
+  /** The groups this host serves (listing skips the others); all when undefined. */
+  owns?: ((group: number) => boolean) | undefined;
 }
 
 interface Pending {
@@ -109,7 +111,7 @@ export class GroupHost {
     private readonly opts: HostOptions,
   ) {
     this.view = store.bufferedView(this.buffer);
-    this.appliedIndex = store.appliedIndex();
+    this.appliedIndex = store.appliedIndex(log.id);
     assert(log.nextIndex > this.appliedIndex, 'the command log continues after what the state store holds');
   }
 
@@ -151,7 +153,7 @@ export class GroupHost {
   /** Answers a read: it sees every acknowledged write, and only durable ones. */
   read(req: ReadRequest): Promise<QueryResult> {
     try {
-      return Promise.resolve(query(this.view, req));
+      return Promise.resolve(query(this.view, req, this.opts.owns));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -240,7 +242,7 @@ export class GroupHost {
       }
       const writes = this.buffer.take();
       if (writes.length > 0) this.unreleased.push({ index: this.appliedIndex, writes });
-      this.writer.upTo(this.appliedIndex);
+      this.writer.upTo(this.appliedIndex, writes);
     }
     this.pump();
   }

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
@@ -7,7 +8,7 @@ import { BufferedTable, DirectTable, type Key, type Table, type WriteBuffer } fr
 import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
 
 /** Bumped when the on-disk layout changes incompatibly. */
-const FormatVersion = 1;
+const FormatVersion = 2;
 
 /** The seq under which a context's record is kept, after every message seq. */
 const RecordSeq = Infinity;
@@ -34,11 +35,15 @@ export class LmdbStore {
   /** Reads and writes LMDB directly, inside a write transaction: what LogApplier applies through. */
   readonly view: StateView;
 
-  private constructor(readonly dir: string, readonly groups: number) {
+  private constructor(readonly dir: string, readonly groups: number, commitDelayMs: number) {
     fs.mkdirSync(dir, { recursive: true });
     // overlappingSync (the default on Linux): commits return before the fsync; durability is
     // awaited separately through `flushed`, never assumed from a resolved write.
-    this.root = open({ path: dir, maxDbs: 16, overlappingSync: true, mapSize: 2 ** 34 });
+    // noSubdir explicitly: lmdb-js would otherwise take a directory name with a dot in it
+    // (/var/lib/fastpaca.d) for a file name.
+    // commitDelay: asynchronous writes (the direct state writer's) are encoded when issued and
+    // committed together at most this often, so their random pages are synced far less often.
+    this.root = open({ path: dir, noSubdir: false, maxDbs: 16, overlappingSync: true, mapSize: 2 ** 34, commitDelay: commitDelayMs });
     const db = <V, K extends Key | string = Key>(name: string, shared = false) =>
       this.root.openDB<V, K>(shared ? { name, sharedStructuresKey: Symbol.for('structures') } : { name });
     // Records and messages share their property names through a stored structure table
@@ -54,10 +59,17 @@ export class LmdbStore {
     this.view = new LmdbView(this.tables((d) => new DirectTable(d)), groups);
   }
 
-  /** Opens (or creates) the store; refuses data written with another group count or format. */
-  static open(dir: string, groups: number): LmdbStore {
-    const store = new LmdbStore(dir, groups);
-    const found = store.meta.get('layout') as { format: number; groups: number } | undefined;
+  /**
+   * Opens (or creates) the store; refuses data written with another group count or format.
+   * `commitDelayMs` batches this thread's asynchronous writes into fewer commits (and fsyncs).
+   */
+  static open(dir: string, groups: number, commitDelayMs = 0): LmdbStore {
+    const store = new LmdbStore(dir, groups, commitDelayMs);
+    let found = store.meta.get('layout') as { format: number; groups: number } | undefined;
+    if (found?.format === 1 && found.groups === groups) {
+      store.upgradeFromFormat1();
+      found = { format: FormatVersion, groups };
+    }
     if (found && (found.format !== FormatVersion || found.groups !== groups)) {
       store.root.close();
       throw new Error(
@@ -66,6 +78,27 @@ export class LmdbStore {
     }
     if (!found) store.meta.putSync('layout', { format: FormatVersion, groups });
     return store;
+  }
+
+  /**
+   * Format 1 (the single-threaded release) had one command log, in `wal/` itself, and one
+   * applied index. It becomes log 0 (`wal/0/`) with `applied/0`. Each step can be repeated, so
+   * a crash half way is finished at the next start. Runs before any command log is opened
+   * (the main thread opens the store first, then starts the workers).
+   */
+  private upgradeFromFormat1(): void {
+    const legacy = path.join(this.dir, 'wal');
+    if (fs.existsSync(path.join(legacy, 'data.mdb'))) {
+      fs.mkdirSync(path.join(legacy, '0'), { recursive: true });
+      fs.rmSync(path.join(legacy, 'lock.mdb'), { force: true }); // recreated on open; holds no data
+      fs.renameSync(path.join(legacy, 'data.mdb'), path.join(legacy, '0', 'data.mdb'));
+    }
+    this.root.transactionSync(() => {
+      const applied = this.meta.get('applied') as number | undefined;
+      if (applied !== undefined) this.stampApplied(0, applied);
+      this.meta.removeSync('applied');
+      this.meta.putSync('layout', { format: FormatVersion, groups: this.groups });
+    });
   }
 
   private tables(make: <V>(db: Database<V, Key>) => Table<V>): Tables {
@@ -77,9 +110,19 @@ export class LmdbStore {
     return new LmdbView(this.tables((d) => new BufferedTable(d, buffer)), this.groups);
   }
 
-  /** The index of the last command whose effects this store holds (0 for none). */
-  appliedIndex(): number {
-    return (this.meta.get('applied') as number | undefined) ?? 0;
+  /** The index of the last command of command log `log` whose effects this store holds (0 for none). */
+  appliedIndex(log: number): number {
+    return (this.meta.get(appliedKey(log)) as number | undefined) ?? 0;
+  }
+
+  /** Records how far log `log` is applied, in the asynchronous batch of this event turn. */
+  putApplied(log: number, index: number): Promise<boolean> {
+    return this.meta.put(appliedKey(log), index);
+  }
+
+  /** Records, inside the caller's write transaction, how far log `log` is applied. */
+  stampApplied(log: number, index: number): void {
+    this.meta.putSync(appliedKey(log), index);
   }
 
   async close(): Promise<void> {
@@ -87,6 +130,8 @@ export class LmdbStore {
     await this.root.close();
   }
 }
+
+const appliedKey = (log: number) => `applied/${log}`;
 
 interface Tables {
   log: Table<StoredMessage | ContextState>;
@@ -172,18 +217,24 @@ class LmdbView implements StateView {
   deleteIdemKeyAt(id: string, n: number): void {
     this.t.idemOrder.remove([this.g(id), id, n]);
   }
-  listContexts(prefix: string, after: string, limit: number): ContextState[] {
+  listContexts(prefix: string, after: string, limit: number, owns?: (group: number) => boolean): ContextState[] {
     const out: ContextState[] = [];
-    const start = after >= prefix ? after : prefix;
-    // Read a little past `limit` per pass: the entry equal to `after` is skipped.
-    for (const { last } of this.t.ids.range([], start, undefined, limit + 1)) {
-      const id = last as string;
-      if (id === after) continue;
-      if (!id.startsWith(prefix)) break;
-      const ctx = this.getContext(id);
-      if (ctx) out.push(ctx);
-      if (out.length >= limit) break;
+    let from = after >= prefix ? after : prefix;
+    // Pages of the id index; ids of other groups are skipped, so a page may yield few records.
+    for (;;) {
+      const page = this.t.ids.range([], from, undefined, limit + 1);
+      for (const { last, value: g } of page) {
+        const id = last as string;
+        if (id <= after || (owns !== undefined && !owns(g))) continue;
+        if (!id.startsWith(prefix)) return out;
+        const ctx = this.getContext(id);
+        if (ctx) out.push(ctx);
+        if (out.length >= limit) return out;
+      }
+      if (page.length < limit + 1) return out;
+      const next = page[page.length - 1]!.last as string;
+      assert(next > from, 'listing pages move forward');
+      from = next;
     }
-    return out;
   }
 }

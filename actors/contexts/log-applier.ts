@@ -22,7 +22,7 @@ export class LogApplier {
     private readonly machine: MachineOptions,
     private readonly logger: Logger,
   ) {
-    this.applied = store.appliedIndex();
+    this.applied = store.appliedIndex(log.id);
     // The log only forgets what the store holds durably; a gap means the two do not belong
     // together (a store deleted or restored without its log): applying would build half a state.
     const oldest = log.firstIndex();
@@ -51,7 +51,7 @@ export class LogApplier {
         for (const e of entries) {
           applySafely(this.store.view, e.cmd, this.machine, (err, cmd) => this.logger.error('apply failed', { err, kind: cmd.t, id: cmd.id, index: e.index }));
         }
-        this.store.meta.putSync('applied', entries[entries.length - 1]!.index);
+        this.store.stampApplied(this.log.id, entries[entries.length - 1]!.index);
       });
       this.applied = entries[entries.length - 1]!.index;
       count += entries.length;

@@ -1,3 +1,4 @@
+import { groupOf } from '../../runtime/hash.js';
 import type { StateView } from './state-view.js';
 import type { ContextState, IdemEntry, Override, StoredMessage, WindowMessage } from './types.js';
 
@@ -9,6 +10,8 @@ export class MemoryView implements StateView {
   private readonly ovs = new Map<string, Override>();
   private readonly idem = new Map<string, IdemEntry>();
   private readonly idemOrder = new Map<string, string>();
+
+  constructor(private readonly groups = 256) {}
 
   getContext(id: string): ContextState | undefined {
     return clone(this.contexts.get(id));
@@ -72,9 +75,9 @@ export class MemoryView implements StateView {
   deleteIdemKeyAt(id: string, n: number): void {
     this.idemOrder.delete(`${id}\u0000${n}`);
   }
-  listContexts(prefix: string, after: string, limit: number): ContextState[] {
+  listContexts(prefix: string, after: string, limit: number, owns?: (group: number) => boolean): ContextState[] {
     return [...this.contexts.keys()]
-      .filter((id) => id.startsWith(prefix) && id > after)
+      .filter((id) => id.startsWith(prefix) && id > after && (owns === undefined || owns(groupOf(id, this.groups))))
       .sort()
       .slice(0, limit)
       .map((id) => clone(this.contexts.get(id)) as ContextState);

@@ -10,7 +10,7 @@ export type QueryResult =
   | { q: 'list'; contexts: ContextState[] };
 
 /** Answers a read from the state; as deterministic as apply, so any up-to-date replica may answer. */
-export function query(view: StateView, r: ReadRequest): QueryResult {
+export function query(view: StateView, r: ReadRequest, owns?: (group: number) => boolean): QueryResult {
   switch (r.q) {
     case 'get':
       return { q: 'get', ctx: view.getContext(r.id) };
@@ -30,6 +30,6 @@ export function query(view: StateView, r: ReadRequest): QueryResult {
       return { q: 'messages', ctx, messages: view.messages(r.id, r.fromSeq, ctx.last_seq, r.limit) };
     }
     case 'list':
-      return { q: 'list', contexts: view.listContexts(r.prefix, r.after, r.limit) };
+      return { q: 'list', contexts: view.listContexts(r.prefix, r.after, r.limit, owns) };
   }
 }

@@ -32,6 +32,9 @@ export interface StateView {
   putIdemKeyAt(id: string, n: number, key: string): void;
   deleteIdemKeyAt(id: string, n: number): void;
 
-  /** Records in id order with id > after and id starting with prefix. */
-  listContexts(prefix: string, after: string, limit: number): ContextState[];
+  /**
+   * Records in id order with id > after and id starting with prefix; with `owns`, only those
+   * of the groups it accepts (a worker thread lists the groups it hosts).
+   */
+  listContexts(prefix: string, after: string, limit: number, owns?: (group: number) => boolean): ContextState[];
 }

@@ -12,7 +12,7 @@ import type { FromStateWriter, StateWriterThreadData } from './state-writer.js';
 const port = parentPort!;
 const data = workerData as StateWriterThreadData;
 const store = LmdbStore.open(data.dataDir, data.groups);
-const log = CommandLog.open(data.dataDir);
+const log = CommandLog.open(data.dataDir, data.log);
 const applier = new LogApplier(store, log, data.machine, createLogger(data.logLevel, { node_id: data.nodeId, thread: 'state-writer' }));
 const send = (m: FromStateWriter) => port.postMessage(m);
 

@@ -1,6 +1,8 @@
 import { Worker } from 'node:worker_threads';
 import type { LogLevel, Logger } from '../../runtime/log.js';
+import type { LmdbStore } from './lmdb-store.js';
 import type { LogApplier } from './log-applier.js';
+import type { PendingWrite } from './tables.js';
 import type { MachineOptions } from './state-machine.js';
 
 /** What a state writer tells the host. */
@@ -15,13 +17,80 @@ export interface StateWriterEvents {
 
 /** Keeps the state store following the command log, on some thread. */
 export interface StateWriter {
-  /** The host has applied (and logged) every command up to index. */
-  upTo(index: number): void;
+  /**
+   * The host has applied (and logged) every command up to index; `writes` are the buffered
+   * writes of the commands since the previous call, as they stand now (called synchronously
+   * after those commands were applied, before any later one is).
+   */
+  upTo(index: number, writes: readonly PendingWrite[]): void;
   /** Resolves once the store holds every command asked for, on disk. */
   close(): Promise<void>;
 }
 
 export type StateWriterFactory = (events: StateWriterEvents) => StateWriter | Promise<StateWriter>;
+
+const ignore = () => {};
+
+/**
+ * Writes the host's buffered writes to the state store itself, as lmdb-js asynchronous writes:
+ * they are encoded here, then inserted and committed by lmdb-js's own write thread, all writes
+ * of an event turn in one transaction with the applied index of their last command (so the
+ * store never holds half a command, and recovery knows where to resume). Nothing is applied
+ * twice: the values are the ones apply computed. The default.
+ */
+export class DirectStateWriter implements StateWriter {
+  private last: Promise<unknown> = Promise.resolve();
+  /** The store has committed every command up to here (persisted <= the host's applied). */
+  private persistedIndex = 0;
+  private syncing = false;
+  private failed = false;
+
+  constructor(
+    private readonly store: LmdbStore,
+    private readonly log: number,
+    private readonly events: StateWriterEvents,
+  ) {}
+
+  upTo(index: number, writes: readonly PendingWrite[]): void {
+    if (this.failed) return;
+    for (const w of writes) {
+      // A slot written again by a later command of the same batch holds that command's value;
+      // its last write is the one to store.
+      if (w.slot.gen !== w.gen) continue;
+      const db = w.table.db;
+      const done = w.slot.value === undefined ? db.remove(w.slot.key) : db.put(w.slot.key, w.slot.value);
+      done.catch(ignore); // the applied stamp below is in the same transaction and reports it
+    }
+    this.last = this.store.putApplied(this.log, index).then(
+      () => {
+        this.persistedIndex = index;
+        this.events.persisted(index);
+        this.sync();
+      },
+      (err: unknown) => {
+        this.failed = true;
+        this.events.failed(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
+
+  /** One fsync at a time; writes committed meanwhile ride on the next. */
+  private sync(): void {
+    if (this.syncing) return;
+    this.syncing = true;
+    const index = this.persistedIndex;
+    void this.store.root.flushed.then(() => {
+      this.syncing = false;
+      this.events.durable(index);
+      if (this.persistedIndex > index) this.sync();
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.last;
+    await this.store.root.flushed;
+  }
+}
 
 /** Applies on the calling thread, one event-loop turn after it is asked (tests and tools). */
 export class InlineStateWriter implements StateWriter {
@@ -68,6 +137,8 @@ export type FromStateWriter =
 
 export interface StateWriterThreadData {
   dataDir: string;
+  /** The command log it follows. */
+  log: number;
   groups: number;
   machine: MachineOptions;
   logLevel: LogLevel;

@@ -3,7 +3,7 @@ import { CommandLog } from '../../actors/contexts/command-log.js';
 import { GroupHost, recover } from '../../actors/contexts/group-host.js';
 import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
 import { LogApplier } from '../../actors/contexts/log-applier.js';
-import { InlineStateWriter } from '../../actors/contexts/state-writer.js';
+import { DirectStateWriter, InlineStateWriter } from '../../actors/contexts/state-writer.js';
 import type { AppendResult, CommandResult } from '../../actors/contexts/types.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
@@ -13,7 +13,10 @@ const machine = { defaultTokenizer: 'approx' as const };
 const quiet = createLogger('error', {}, () => {});
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }], metadata: {} });
 
-async function openHost(dir: string, overrides: Partial<Parameters<typeof GroupHost.create>[2]> = {}) {
+type HostOptions = Parameters<typeof GroupHost.create>[2];
+type WriterKind = 'direct' | 'inline';
+
+async function openHost(dir: string, writer: WriterKind, overrides: Partial<HostOptions> = {}) {
   const store = LmdbStore.open(dir, 16);
   const log = CommandLog.open(dir);
   await recover(store, log, machine, quiet);
@@ -26,7 +29,7 @@ async function openHost(dir: string, overrides: Partial<Parameters<typeof GroupH
     batchMax: 7,
     roundsInflightMax: 3,
     bufferedWritesMax: 1_000_000,
-    stateWriter: (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events),
+    stateWriter: writer === 'direct' ? (events) => new DirectStateWriter(store, log.id, events) : (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events),
     ...overrides,
   });
   return {
@@ -44,7 +47,8 @@ const value = <T>(r: CommandResult) => {
   return r.value as T;
 };
 
-describe('GroupHost', () => {
+// The host's contract holds whichever way the state store follows the command log.
+describe.each<WriterKind>(['direct', 'inline'])('GroupHost with the %s state writer', (writer) => {
   const closers: Array<() => Promise<void>> = [];
   afterEach(async () => {
     for (const c of closers.splice(0)) await c();
@@ -52,7 +56,7 @@ describe('GroupHost', () => {
 
   it('answers writes in log order across pipelined rounds, and reads see every answered write', async () => {
     const dir = tempDir();
-    const { host, close } = await openHost(dir);
+    const { host, close } = await openHost(dir, writer);
     closers.push(close);
     await host.submit({ t: 'put', id: 'h', fields: { token_budget: 1_000_000 }, create: 'context' });
     // 100 appends in one burst: several rounds of 7, up to 3 awaiting their fsync at once.
@@ -63,7 +67,7 @@ describe('GroupHost', () => {
   });
 
   it('after close, writes are refused with 503 unavailable and readiness says why', async () => {
-    const { host, close } = await openHost(tempDir());
+    const { host, close } = await openHost(tempDir(), writer);
     closers.push(close);
     expect(host.unavailableReason).toBeUndefined();
     await host.close();
@@ -74,7 +78,7 @@ describe('GroupHost', () => {
   });
 
   it('a full queue is refused at once with 503 overloaded', async () => {
-    const { host, close } = await openHost(tempDir(), { pendingMax: 1 });
+    const { host, close } = await openHost(tempDir(), writer, { pendingMax: 1 });
     closers.push(close);
     const first = host.submit({ t: 'put', id: 'o', fields: { token_budget: 5 }, create: 'context' });
     await expect(host.submit({ t: 'put', id: 'p', fields: { token_budget: 5 }, create: 'context' })).rejects.toMatchObject({ code: 'overloaded', status: 503 });
@@ -83,11 +87,11 @@ describe('GroupHost', () => {
 
   it('what was answered before a close is there after reopening', async () => {
     const dir = tempDir();
-    const a = await openHost(dir);
+    const a = await openHost(dir, writer);
     await a.host.submit({ t: 'put', id: 'r', fields: { token_budget: 1_000_000 }, create: 'context' });
     await Promise.all(Array.from({ length: 30 }, (_, i) => a.host.submit({ t: 'append', id: 'r', messages: [user(`m${i}`)], batch: false })));
     await a.close();
-    const b = await openHost(dir);
+    const b = await openHost(dir, writer);
     closers.push(b.close);
     const r = await b.host.read({ q: 'get', id: 'r' });
     expect(r.q === 'get' && r.ctx?.last_seq).toBe(30);
