@@ -4,7 +4,7 @@ import type { Groups } from '../actors/contexts/groups.js';
 import type { Config } from '../runtime/config.js';
 import { FastpacaError } from '../runtime/errors.js';
 import type { Logger } from '../runtime/log.js';
-import { metrics, registry } from '../runtime/metrics.js';
+import { metrics, nodeMetrics, registry } from '../runtime/metrics.js';
 import { errorReply, readBody, send, type Reply, type Req, type ResState } from './http.js';
 import { buildRoutes, matchRoute } from './routes.js';
 import { TokenBucket } from './token-bucket.js';
@@ -22,6 +22,8 @@ export interface Gateway {
   stopListening(): void;
   /** Resolves when every request in flight has been answered (or the deadline passes). */
   drain(deadlineMs: number): Promise<void>;
+  /** Closes every connection left (idle keep-alives): the app is done. */
+  close(): void;
 }
 
 const BodyMethods = new Set(['POST', 'PUT', 'PATCH']);
@@ -80,10 +82,24 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
     }
     if (method === 'GET' && path === '/metrics') {
       inflight++;
-      void registry.metrics().then(
+      void groups.metrics().then(nodeMetrics).then(
         (text) => send(res, state, { status: 200, body: text, headers: { 'content-type': registry.contentType } }),
         (err: unknown) => send(res, state, failure(err, 'metrics')),
       ).finally(() => inflight--);
+      return;
+    }
+
+    if (config.testHooks && method === 'POST' && path.startsWith('/v1/_test/workers/') && groups.crash) {
+      // Test hook (FASTPACA_TEST_HOOKS=1 only): POST /v1/_test/workers/<n>/crash.
+      const n = Number(/^\/v1\/_test\/workers\/(\d+)\/crash$/.exec(path)?.[1] ?? NaN);
+      inflight++;
+      void groups
+        .crash(n)
+        .then(
+          () => send(res, state, { status: 202, body: { crashing: n } }),
+          (err: unknown) => send(res, state, failure(err, 'test')),
+        )
+        .finally(() => inflight--);
       return;
     }
 
@@ -148,6 +164,10 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
     drain: async (deadlineMs) => {
       const until = Date.now() + deadlineMs;
       while (inflight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    },
+    close: () => {
+      // Native since uWS 20.x, missing from its typings.
+      (app as unknown as { close(): void }).close();
     },
   };
 }

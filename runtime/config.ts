@@ -28,10 +28,23 @@ export interface Config {
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;
-  /** Where the state store follows the command log: its own thread, or the gateway's. */
-  stateWriter: 'thread' | 'inline';
+  /**
+   * How the state store follows the command log: the host's own writes as asynchronous LMDB
+   * writes (direct), or the logged commands applied again on a thread of their own or inline.
+   */
+  stateWriter: StateWriterMode;
+  /** The direct state writer commits the state store at most this often (ms; 0: every turn). */
+  stateCommitMs: number;
   /** Threads in the piscina pool for exact token counts. */
   tokenizerThreads: number;
+  /** Worker threads hosting the groups; 0 hosts them on the gateway's thread. */
+  workers: number;
+  /** Bytes of each shared-memory ring between the gateway and a worker (a power of two). */
+  mailboxBytes: number;
+  /** How long the gateway waits for a worker's answer before it answers 503 `unavailable`. */
+  requestTimeoutMs: number;
+  /** Test-only commands (crashing a worker on purpose); never set in production. */
+  testHooks: boolean;
 }
 
 export class ConfigError extends Error {
@@ -43,10 +56,13 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>;
 
-function stateWriter(raw: string | undefined): 'thread' | 'inline' {
-  if (raw === undefined || raw === '' || raw === 'thread') return 'thread';
-  if (raw === 'inline') return 'inline';
-  throw new ConfigError('FASTPACA_STATE_WRITER must be thread or inline');
+export const StateWriterModes = ['direct', 'thread', 'inline'] as const;
+export type StateWriterMode = (typeof StateWriterModes)[number];
+
+function stateWriter(raw: string | undefined): StateWriterMode {
+  if (raw === undefined || raw === '') return 'direct';
+  if ((StateWriterModes as readonly string[]).includes(raw)) return raw as StateWriterMode;
+  throw new ConfigError(`FASTPACA_STATE_WRITER must be one of ${StateWriterModes.join(', ')}`);
 }
 
 function int(env: Env, name: string, fallback: number, min: number, max: number): number {
@@ -55,6 +71,12 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
   if (!/^\d+$/.test(raw)) throw new ConfigError(`${name} must be a whole number, got ${JSON.stringify(raw)}`);
   const value = Number(raw);
   if (value < min || value > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+function powerOfTwo(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const value = int(env, name, fallback, min, max);
+  if ((value & (value - 1)) !== 0) throw new ConfigError(`${name} must be a power of two, got ${value}`);
   return value;
 }
 
@@ -81,6 +103,11 @@ export function loadConfig(env: Env = process.env): Config {
     roundsInflightMax: int(env, 'FASTPACA_ROUNDS_INFLIGHT_MAX', 4, 1, 64),
     bufferedWritesMax: int(env, 'FASTPACA_BUFFERED_WRITES_MAX', 200_000, 1_000, 10_000_000),
     stateWriter: stateWriter(env.FASTPACA_STATE_WRITER),
+    stateCommitMs: int(env, 'FASTPACA_STATE_COMMIT_MS', 0, 0, 1_000),
     tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
+    workers: int(env, 'FASTPACA_WORKERS', Math.max(1, os.availableParallelism() - 1), 0, 64),
+    mailboxBytes: powerOfTwo(env, 'FASTPACA_MAILBOX_BYTES', 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
+    requestTimeoutMs: int(env, 'FASTPACA_REQUEST_TIMEOUT_MS', 30_000, 100, 600_000),
+    testHooks: env.FASTPACA_TEST_HOOKS === '1',
   };
 }

@@ -1,3 +1,4 @@
+import { isMainThread } from 'node:worker_threads';
 import client from 'prom-client';
 
 /**
@@ -5,18 +6,27 @@ import client from 'prom-client';
  * stays fixed however many conversations there are.
  */
 export const registry = new client.Registry();
-client.collectDefaultMetrics({ register: registry, prefix: 'fastpaca_process_' });
+// Every thread has this registry; the gateway merges the workers' into its own for /metrics.
+// Process-wide figures are collected once, on the main thread.
+if (isMainThread) client.collectDefaultMetrics({ register: registry, prefix: 'fastpaca_process_' });
+let thread = isMainThread ? 'main' : 'worker';
+
+/** Names this thread in per-thread metrics (a worker's number, stable across its restarts). */
+export function setMetricsThread(name: string): void {
+  thread = name;
+}
 
 let eluLast = performance.eventLoopUtilization();
 
 export const metrics = {
   eventLoopUtilization: new client.Gauge({
     name: 'fastpaca_event_loop_utilization',
-    help: 'Share of time the main thread was busy since the previous scrape (0..1)',
+    help: 'Share of time a thread was busy since the previous scrape (0..1), by thread',
+    labelNames: ['thread'] as const,
     registers: [registry],
     collect() {
       const now = performance.eventLoopUtilization();
-      this.set(performance.eventLoopUtilization(now, eluLast).utilization);
+      this.set({ thread }, performance.eventLoopUtilization(now, eluLast).utilization);
       eluLast = now;
     },
   }),
@@ -64,9 +74,45 @@ export const metrics = {
     help: 'Applied writes held in memory until the state store commits them (bounded by FASTPACA_BUFFERED_WRITES_MAX)',
     registers: [registry],
   }),
+  mailboxDepth: new client.Gauge({
+    name: 'fastpaca_mailbox_depth_bytes',
+    help: 'Bytes waiting in the shared-memory rings between the gateway and the workers, by direction',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  }),
+  mailboxFull: new client.Counter({
+    name: 'fastpaca_mailbox_full_total',
+    help: 'Messages refused because a ring was full (calls answered 503 overloaded), by direction',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  }),
+  actorMessages: new client.Counter({
+    name: 'fastpaca_actor_messages_total',
+    help: 'Messages handled by the group actors on the worker threads',
+    registers: [registry],
+  }),
+  actorBusySeconds: new client.Counter({
+    name: 'fastpaca_actor_busy_seconds_total',
+    help: 'Time the group actors spent handling messages (divide by fastpaca_actor_messages_total for the mean)',
+    registers: [registry],
+  }),
+  workerRestarts: new client.Counter({
+    name: 'fastpaca_worker_restarts_total',
+    help: 'Worker threads started again after they crashed',
+    registers: [registry],
+  }),
   internalErrors: new client.Counter({
     name: 'fastpaca_internal_errors_total',
     help: 'Bugs caught at a boundary (answered with 500 internal)',
     registers: [registry],
   }),
 };
+
+/** One thread's metrics as prom-client exports them. */
+export type ThreadMetrics = Awaited<ReturnType<typeof registry.getMetricsAsJSON>>;
+
+/** Prometheus text for the whole node: this thread's metrics merged with the workers' (summed). */
+export async function nodeMetrics(workers: ThreadMetrics[]): Promise<string> {
+  if (workers.length === 0) return registry.metrics();
+  return client.AggregatorRegistry.aggregate([await registry.getMetricsAsJSON(), ...workers]).metrics();
+}

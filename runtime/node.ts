@@ -1,4 +1,5 @@
-import { LocalGroups } from '../actors/contexts/groups.js';
+import { LocalGroups, type Groups } from '../actors/contexts/groups.js';
+import { WorkerGroups } from '../actors/contexts/worker-groups.js';
 import { createGateway } from '../gateway/server.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
@@ -16,10 +17,18 @@ const DrainMs = 10_000;
  * way: stop accepting, answer what is in flight, make every queued write durable, close.
  */
 export async function startNode(config: Config, log: Logger): Promise<RunningNode> {
-  const groups = await LocalGroups.open(config, log);
+  const groups: Groups =
+    config.workers === 0
+      ? await LocalGroups.open(config, log)
+      : await WorkerGroups.open(config, log, (err) => {
+          // A worker that cannot start again leaves its groups without a host: let the
+          // orchestrator restart the whole node (the data is on disk).
+          log.error('a worker cannot be restarted; exiting', { err });
+          process.exit(1);
+        });
   const gateway = createGateway(config, groups, log);
   const port = await gateway.listen();
-  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups });
+  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.workers });
 
   let stopping: Promise<void> | undefined;
   const shutdown = (reason: string): Promise<void> => {
@@ -27,6 +36,9 @@ export async function startNode(config: Config, log: Logger): Promise<RunningNod
       log.info('node stopping', { reason });
       gateway.stopListening();
       await gateway.drain(DrainMs);
+      // The app closes before any worker exits (terminating a thread under a live uWS app can
+      // abort the process); then the workers make every accepted write durable and stop.
+      gateway.close();
       await groups.close();
       log.info('node stopped', { reason });
     })();

@@ -3,12 +3,13 @@ import type { Config } from '../../runtime/config.js';
 import { assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { Logger } from '../../runtime/log.js';
+import type { ThreadMetrics } from '../../runtime/metrics.js';
 import { CommandLog } from './command-log.js';
 import { GroupHost, recover } from './group-host.js';
 import { LmdbStore } from './lmdb-store.js';
 import { LogApplier } from './log-applier.js';
-import { InlineStateWriter, ThreadStateWriter, type StateWriterFactory } from './state-writer.js';
-import { monotonicClock } from './prepare.js';
+import { DirectStateWriter, InlineStateWriter, ThreadStateWriter, type StateWriterFactory } from './state-writer.js';
+import { monotonicClock, type TokenCounter } from './prepare.js';
 import type { QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
 import type { CommandResult } from './types.js';
@@ -27,45 +28,82 @@ export interface Groups {
   /** Listing spans every group. */
   list(req: Extract<ReadRequest, { q: 'list' }>): Promise<QueryResult>;
   readiness(): Readiness;
+  /** The metrics of the threads that host groups other than this one (merged for /metrics). */
+  metrics(): Promise<ThreadMetrics[]>;
+  /** Test hook (FASTPACA_TEST_HOOKS=1): make worker `index` crash as a bug would. */
+  crash?(index: number): Promise<unknown>;
   close(): Promise<void>;
 }
 
-/** Every group of a node hosted on the calling thread: storage, command log, host, token pool. */
+
+/** The host of a thread's groups over their storage, and how to close it all. */
+export interface OpenedHost {
+  host: GroupHost;
+  /** Makes every accepted write durable and in the state store, then closes the storage. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the storage and command log `logId`, applies the log's tail (after a stop or a crash),
+ * and starts a host for the groups `owns` accepts: what every thread that hosts groups runs.
+ */
+export async function openHost(config: Config, logId: number, counter: TokenCounter, log: Logger, owns?: (group: number) => boolean): Promise<OpenedHost> {
+  const store = LmdbStore.open(config.dataDir, config.groups, config.stateCommitMs);
+  const commandLog = CommandLog.open(config.dataDir, logId);
+  const machine = { defaultTokenizer: config.tokenizer };
+  try {
+    const replayed = await recover(store, commandLog, machine, log);
+    if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed, log: logId });
+  } catch (err) {
+    await commandLog.close();
+    await store.close();
+    throw err;
+  }
+  const stateWriters: Record<Config['stateWriter'], StateWriterFactory> = {
+    direct: (events) => new DirectStateWriter(store, logId, events),
+    inline: (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events),
+    thread: (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, log: logId, machine, logLevel: config.logLevel, nodeId: config.nodeId }, events, log),
+  };
+  const stateWriter = stateWriters[config.stateWriter];
+  const host = await GroupHost.create(store, commandLog, {
+    machine,
+    counter,
+    now: monotonicClock(),
+    log,
+    pendingMax: config.pendingMax,
+    batchMax: config.batchMax,
+    roundsInflightMax: config.roundsInflightMax,
+    bufferedWritesMax: config.bufferedWritesMax,
+    stateWriter,
+    owns,
+  });
+  return {
+    host,
+    close: async () => {
+      await host.close();
+      await commandLog.close();
+      await store.close();
+    },
+  };
+}
+
+/** Every group of a node hosted on the calling thread (FASTPACA_WORKERS=0). */
 export class LocalGroups implements Groups {
   private constructor(
     readonly count: number,
-    private readonly host: GroupHost,
-    private readonly closeStorage: () => Promise<void>,
+    private readonly opened: OpenedHost,
+    private readonly counter: PoolTokenCounter,
   ) {}
 
-  /** Opens the storage, applies the command log's tail, and starts the host. */
   static async open(config: Config, log: Logger): Promise<LocalGroups> {
-    const store = LmdbStore.open(config.dataDir, config.groups);
-    const commandLog = CommandLog.open(config.dataDir);
-    const machine = { defaultTokenizer: config.tokenizer };
-    const replayed = await recover(store, commandLog, machine, log);
-    if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed });
+    // Logs of other workers (the node ran with FASTPACA_WORKERS > 0 before) come first.
+    await recoverLogs(config, log, (id) => id !== 0);
     const counter = new PoolTokenCounter(config.tokenizerThreads);
-    const stateWriter: StateWriterFactory =
-      config.stateWriter === 'inline'
-        ? (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events)
-        : (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, machine, logLevel: config.logLevel, nodeId: config.nodeId }, events, log);
-    const host = await GroupHost.create(store, commandLog, {
-      machine,
-      counter,
-      now: monotonicClock(),
-      log,
-      pendingMax: config.pendingMax,
-      batchMax: config.batchMax,
-      roundsInflightMax: config.roundsInflightMax,
-      bufferedWritesMax: config.bufferedWritesMax,
-      stateWriter,
-    });
-    return new LocalGroups(config.groups, host, async () => {
-      await commandLog.close();
-      await store.close();
-      await counter.close();
-    });
+    return new LocalGroups(config.groups, await openHost(config, 0, counter, log), counter);
+  }
+
+  private get host(): GroupHost {
+    return this.opened.host;
   }
 
   write(group: number, req: WriteRequest): Promise<CommandResult> {
@@ -87,9 +125,36 @@ export class LocalGroups implements Groups {
     return reason === undefined ? { ready: true } : { ready: false, reason };
   }
 
-  /** Makes every accepted write durable and in the state store, then closes the storage. */
+  metrics(): Promise<ThreadMetrics[]> {
+    return Promise.resolve([]);
+  }
+
   async close(): Promise<void> {
-    await this.host.close();
-    await this.closeStorage();
+    await this.opened.close();
+    await this.counter.close();
+  }
+}
+
+/**
+ * Applies the tails of the command logs `which` accepts, each to the state store. A node that
+ * ran with another number of workers left logs whose groups now live elsewhere; applying them
+ * before any worker starts keeps every group's commands in their order.
+ */
+export async function recoverLogs(config: Config, log: Logger, which: (id: number) => boolean): Promise<void> {
+  // Opened first and on this thread in any case: it checks (and upgrades) the data directory's
+  // format before any worker opens it.
+  const store = LmdbStore.open(config.dataDir, config.groups);
+  try {
+    for (const id of CommandLog.ids(config.dataDir).filter(which)) {
+      const commandLog = CommandLog.open(config.dataDir, id);
+      try {
+        const replayed = await recover(store, commandLog, { defaultTokenizer: config.tokenizer }, log);
+        if (replayed > 0) log.info('applied the command log after the last stop', { commands: replayed, log: id });
+      } finally {
+        await commandLog.close();
+      }
+    }
+  } finally {
+    await store.close();
   }
 }
