@@ -4,14 +4,20 @@
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { parentPort, workerData } from 'node:worker_threads';
+import type { MailboxRings } from '../runtime/mailbox.js';
 import { RingReader, RingWriter } from '../runtime/ring.js';
+import { Rpc } from '../runtime/rpc.js';
 
 const port = parentPort!;
-const { toWorker, fromWorker } = workerData as { toWorker: SharedArrayBuffer; fromWorker: SharedArrayBuffer };
+const { toWorker, fromWorker, rpcRings } = workerData as { toWorker: SharedArrayBuffer; fromWorker: SharedArrayBuffer; rpcRings: MailboxRings };
+// The runtime's own request/response channel (what the gateway and a group worker use): every
+// call is answered with its number.
+const rpc = new Rpc<never, never, { n: number }, { n: number; ok: true }>(rpcRings, (m) => ({ n: m.n, ok: true }), () => {}, { timeoutMs: 60_000, inflightMax: 1, outboxMax: 1_000_000 });
+rpc.start();
 const reader = new RingReader(toWorker);
 const writer = new RingWriter(fromWorker);
-const unpackr = new Unpackr();
-const packr = new Packr();
+const unpackr = new Unpackr({ useRecords: false });
+const packr = new Packr({ useRecords: false });
 const keepAlive = setInterval(() => {}, 1 << 30); // waitAsync alone does not hold the thread
 
 type Task = { mode: 'ring-oneway' | 'ring-roundtrip' | 'post-oneway' | 'post-roundtrip'; count: number } | { mode: 'exit' };
@@ -37,6 +43,7 @@ port.on('message', (task: Task | { n: number }) => {
   if ('n' in task) return;
   if (task.mode === 'exit') {
     clearInterval(keepAlive);
+    rpc.close(new Error('bench over'));
     port.close();
     return;
   }

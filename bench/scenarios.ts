@@ -25,7 +25,7 @@ type Scenario = (args: BenchArgs, run: RunState) => Promise<number>;
 
 const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
   append: {
-    describe: 'single-message appends spread over 1,000 contexts, against a bare uWS echo baseline',
+    describe: 'single-message appends over 1,000 contexts: a bare uWS echo, the node on one thread, the node on its worker threads',
     run: appendScenario,
   },
   mailbox: {
@@ -129,47 +129,36 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
   });
   await stopChild(echo);
 
-  let target: Target;
-  let node: ChildProcess | undefined;
-  if (args.url !== undefined) {
-    target = targetFromUrl(args.url);
-  } else {
-    const port = await freePort();
-    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fastpaca-bench-'));
-    run.tempDirs.push(dataDir);
-    log(`starting node on 127.0.0.1:${port} with data in ${dataDir}`);
-    node = spawnChild(run, [NODE_SCRIPT, 'serve'], {
-      ...process.env,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      FASTPACA_DATA_DIR: dataDir,
-      LOG_LEVEL: 'warn',
-    });
-    target = { host: '127.0.0.1', port, base: '', hostHeader: 'localhost', headers: {} };
-  }
-  const origin = `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${target.base}`;
-  await waitReady(origin, target.headers, node);
-  log(`creating ${CONTEXTS} contexts`);
-  await createContexts(origin, target.headers);
+  const load = async (target: Target): Promise<LoadResult> => {
+    log(`driving appends: ${connections} connections, ${warmupS}s warmup + ${durationS}s`);
+    return runLoad({ host: target.host, port: target.port, connections, durationS, warmupS, expectStatus: 201, request: appendRequests(target, connections) });
+  };
 
-  log(`driving appends: ${connections} connections, ${warmupS}s warmup + ${durationS}s`);
-  const result = await runLoad({
-    host: target.host,
-    port: target.port,
-    connections,
-    durationS,
-    warmupS,
-    expectStatus: 201,
-    request: appendRequests(target, connections),
-  });
+  const rows: Array<readonly [string, LoadResult]> = [['echo (bare uWS)', baseline]];
+  let result: LoadResult;
+  let singleThread: LoadResult | undefined;
+  const workers = process.env.FASTPACA_WORKERS || String(Math.max(1, os.availableParallelism() - 1));
+  if (args.url !== undefined) {
+    const target = targetFromUrl(args.url);
+    await prepareNode(target, undefined);
+    result = await load(target);
+    rows.push(['append', result]);
+  } else {
+    // The groups on the gateway's thread (FASTPACA_WORKERS=0), then on worker threads as
+    // configured: what the worker threads buy, measured in the same run.
+    if (workers !== '0') {
+      singleThread = await withNode(run, { FASTPACA_WORKERS: '0' }, log, load);
+      rows.push(['append (1 thread)', singleThread]);
+    }
+    result = await withNode(run, { FASTPACA_WORKERS: workers }, log, load);
+    rows.push([`append (${workers} worker${workers === '1' ? '' : 's'})`, result]);
+  }
 
   const ratio = baseline.ops_per_s > 0 ? result.ops_per_s / baseline.ops_per_s : 0;
-  printTable([
-    ['echo (bare uWS)', baseline],
-    ['append', result],
-  ]);
+  printTable(rows);
   process.stdout.write(`ratio append/echo: ${ratio.toFixed(3)}\n`);
-  for (const [name, r] of [['echo', baseline], ['append', result]] as const) {
+  if (singleThread) process.stdout.write(`ratio workers/1 thread: ${(result.ops_per_s / singleThread.ops_per_s).toFixed(3)}\n`);
+  for (const [name, r] of rows) {
     if (r.first_error !== undefined) process.stdout.write(`${name}: first error: ${r.first_error}\n`);
   }
   if (args.json) {
@@ -183,10 +172,39 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
       baseline_per_s: Math.round(baseline.ops_per_s),
       ratio: round(ratio, 3),
       driver_cpu_pct: round(result.driver_cpu_pct, 1),
+      ...(args.url === undefined ? { workers: Number(workers) } : {}),
+      ...(singleThread
+        ? {
+            single_thread_per_s: Math.round(singleThread.ops_per_s),
+            single_thread_p99_ms: round(singleThread.p99_ms, 3),
+            ratio_vs_single_thread: round(result.ops_per_s / singleThread.ops_per_s, 3),
+          }
+        : {}),
     };
     process.stdout.write(`${JSON.stringify(summary)}\n`);
   }
-  return result.errors > 0 || baseline.errors > 0 ? 1 : 0;
+  return rows.some(([, r]) => r.errors > 0) ? 1 : 0;
+}
+
+/** Starts a node on a fresh data dir with `env`, creates the contexts, measures, stops it. */
+async function withNode(run: RunState, env: Record<string, string>, log: (msg: string) => void, measure: (target: Target) => Promise<LoadResult>): Promise<LoadResult> {
+  const port = await freePort();
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fastpaca-bench-'));
+  run.tempDirs.push(dataDir);
+  log(`starting node (${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}) on 127.0.0.1:${port} with data in ${dataDir}`);
+  const node = spawnChild(run, [NODE_SCRIPT, 'serve'], { ...process.env, PORT: String(port), HOST: '127.0.0.1', FASTPACA_DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...env });
+  const target: Target = { host: '127.0.0.1', port, base: '', hostHeader: 'localhost', headers: {} };
+  await prepareNode(target, node);
+  const result = await measure(target);
+  await stopChild(node);
+  return result;
+}
+
+async function prepareNode(target: Target, node: ChildProcess | undefined): Promise<void> {
+  const origin = `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${target.base}`;
+  await waitReady(origin, target.headers, node);
+  process.stderr.write(`bench: creating ${CONTEXTS} contexts\n`);
+  await createContexts(origin, target.headers);
 }
 
 /** ~250 characters of fixed prose, so every run appends identical bytes. */
