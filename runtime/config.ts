@@ -24,7 +24,7 @@ export interface Config {
   pendingMax: number;
   /** Commands in one write round (one command-log fsync). */
   batchMax: number;
-  /** Write rounds in flight (logged, awaiting fsync) at once. */
+  /** Write rounds logged and awaiting apply at once. */
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;

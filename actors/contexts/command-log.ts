@@ -1,33 +1,37 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { open, type RootDatabase } from 'lmdb';
-import { assert } from '../../runtime/errors.js';
+import { open } from 'lmdb';
+import { Packr } from 'msgpackr';
+import { FastpacaError, assert } from '../../runtime/errors.js';
+import { SegmentLog } from '../../runtime/segment-log.js';
 import type { Command } from './types.js';
 
-/** Entries forgotten per truncation pass, so one pass never holds the log's writer for long. */
-const TruncateBatchMax = 20_000;
-
 /**
- * The command log: every accepted command, in order, at consecutive indexes, fsynced before
- * any caller is answered. Appends land at the end of one B-tree, so an fsync writes a few
- * sequential pages however many conversations the commands touch. The state store applies the
- * commands after they are durable here and syncs on its own schedule; entries are forgotten
- * once the state store holds their effects durably. Raft's log will take this place.
+ * The command log: every accepted command, in order, at consecutive indexes, on disk before any
+ * caller is answered. It is a SegmentLog (runtime/segment-log.ts) written and fdatasynced by the
+ * thread that hosts the groups, so the acknowledgement path has no hand-off to another thread.
+ * The state store applies the commands after they are durable here and syncs on its own
+ * schedule; the log forgets entries once the state store holds their effects durably. Raft's
+ * log will take this place.
  */
+/** Entries copied per append when a format-1 log is adopted. */
+const LegacyBatch = 1_000;
+
 export class CommandLog {
-  private readonly root: RootDatabase<Command, number>;
-  private next: number;
+  private readonly segments: SegmentLog;
+  /** Plain msgpack maps: self-describing, so a log outlives any change of the code's types. */
+  private readonly packr = new Packr({ useRecords: false });
+  /** Entries up to here are forgotten (the state store holds them durably); reads skip them. */
+  private forgottenUpTo = 0;
+  /** Set by a failed write: what reached the disk is unknown, so nothing more is appended. */
+  private broken: Error | undefined;
 
   private constructor(
     dir: string,
     /** Which log of the node this is: each worker thread writes its own (FASTPACA_WORKERS). */
     readonly id: number,
   ) {
-    fs.mkdirSync(dir, { recursive: true });
-    this.root = open<Command, number>({ path: dir, noSubdir: false, overlappingSync: true, mapSize: 2 ** 33 });
-    let last = 0;
-    for (const key of this.root.getKeys({ reverse: true, limit: 1 })) last = key;
-    this.next = last + 1;
+    this.segments = SegmentLog.open(dir);
   }
 
   /** Opens (or creates) log `id` of the node whose data is in dataDir: `<dataDir>/wal/<id>`. */
@@ -48,57 +52,99 @@ export class CommandLog {
     return names.filter((n) => /^\d+$/.test(n)).map(Number).sort((a, b) => a - b);
   }
 
+  /**
+   * A data directory of format 1 kept its one command log as an LMDB environment in `wal/`
+   * itself: its entries become log 0, at the same indexes, and then it is removed. Repeatable:
+   * a log 0 left by an interrupted run is written again from the start.
+   */
+  static adoptLegacy(dataDir: string): void {
+    const legacyDir = path.join(dataDir, 'wal');
+    if (!fs.existsSync(path.join(legacyDir, 'data.mdb'))) return;
+    fs.rmSync(path.join(legacyDir, '0'), { recursive: true, force: true });
+    const legacy = open<Command, number>({ path: legacyDir, noSubdir: false, readOnly: true });
+    const log = CommandLog.open(dataDir, 0);
+    try {
+      let batch: Command[] = [];
+      for (const { key, value } of legacy.getRange({})) {
+        if (log.nextIndex < key && batch.length === 0) log.skipTo(key);
+        assert(key === log.nextIndex + batch.length, 'the legacy command log holds consecutive indexes');
+        batch.push(value);
+        if (batch.length >= LegacyBatch) batch = log.appendOrThrow(batch);
+      }
+      if (batch.length > 0) log.appendOrThrow(batch);
+    } finally {
+      void log.close();
+      void legacy.close();
+    }
+    fs.rmSync(path.join(legacyDir, 'data.mdb'));
+    fs.rmSync(path.join(legacyDir, 'lock.mdb'), { force: true });
+  }
+
   /** The oldest index the log still holds, or undefined when it is empty. */
   firstIndex(): number | undefined {
-    for (const key of this.root.getKeys({ limit: 1 })) return key;
-    return undefined;
+    const first = this.segments.firstIndex;
+    if (first === undefined) return undefined;
+    const held = Math.max(first, this.forgottenUpTo + 1);
+    return held < this.segments.nextIndex ? held : undefined;
   }
 
   /** The index the next command will get. */
   get nextIndex(): number {
-    return this.next;
+    return this.segments.nextIndex;
   }
 
   /** Never hand out an index at or below one the state store has applied. */
   skipTo(index: number): void {
-    this.next = Math.max(this.next, index);
+    if (index <= this.nextIndex) return;
+    this.segments.skipTo(index);
   }
 
-  /** Appends commands at consecutive indexes; `durable` resolves once they are fsynced. */
+  /**
+   * Appends commands at consecutive indexes. They are on disk when this returns (`durable` is
+   * already settled: it rejects when the write failed, and then none of them counts).
+   */
   append(cmds: Command[]): { first: number; durable: Promise<void> } {
     assert(cmds.length > 0, 'an append carries commands');
-    const first = this.next;
-    let committed: Promise<boolean> | undefined;
-    for (const cmd of cmds) committed = this.root.put(this.next++, cmd);
-    return { first, durable: committed!.then(async () => void (await this.root.flushed)) };
+    const first = this.nextIndex;
+    if (this.broken) return { first, durable: Promise.reject(this.broken) };
+    try {
+      this.appendOrThrow(cmds);
+      return { first, durable: Promise.resolve() };
+    } catch (err) {
+      // After a failed write or fdatasync the kernel may have dropped the pages: appending more
+      // could acknowledge commands behind a hole. Refuse until the node restarts and rereads.
+      this.broken = new FastpacaError('unavailable', 'the command log cannot be written; the node must restart', { retryAfterS: 5 });
+      return { first, durable: Promise.reject(err) };
+    }
   }
 
-  /** Sees what other threads have committed since this thread last read. */
+  /** Appends and syncs, or throws. pack() reuses its buffer: each record is copied out. */
+  private appendOrThrow(cmds: Command[]): Command[] {
+    this.segments.append(cmds.map((c) => Uint8Array.prototype.slice.call(this.packr.pack(c))));
+    return [];
+  }
+
+  /** Sees what another thread has written since this thread last read. */
   refresh(): void {
-    this.root.resetReadTxn();
+    this.segments.refresh();
   }
 
   /** Entries with index >= from, ascending, at most `limit`. */
   read(from: number, limit: number): Array<{ index: number; cmd: Command }> {
-    const out: Array<{ index: number; cmd: Command }> = [];
-    for (const { key, value } of this.root.getRange({ start: from, limit })) out.push({ index: key, cmd: value });
-    return out;
+    return this.segments
+      .read(Math.max(from, this.forgottenUpTo + 1), limit)
+      .map(({ index, payload }) => ({ index, cmd: this.packr.unpack(payload) as Command }));
   }
 
-  /** Forgets entries with index <= upTo, at most TruncateBatchMax per call; true when done. */
-  async truncate(upTo: number): Promise<boolean> {
-    let last: Promise<boolean> | undefined;
-    let count = 0;
-    for (const key of this.root.getKeys({ end: upTo + 1, limit: TruncateBatchMax })) {
-      last = this.root.remove(key);
-      count++;
-    }
-    if (last) await last;
-    return count < TruncateBatchMax;
+  /** Forgets entries with index <= upTo (their files go once a whole segment is forgotten). */
+  truncate(upTo: number): Promise<boolean> {
+    this.forgottenUpTo = Math.max(this.forgottenUpTo, upTo);
+    this.segments.truncatePrefix(upTo);
+    return Promise.resolve(true);
   }
 
-  async close(): Promise<void> {
-    await this.root.flushed;
-    await this.root.close();
+  close(): Promise<void> {
+    this.segments.close();
+    return Promise.resolve();
   }
 }

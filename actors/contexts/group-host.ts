@@ -33,7 +33,7 @@ export interface HostOptions {
   pendingMax: number;
   /** Commands in one write round (one command-log fsync). */
   batchMax: number;
-  /** Rounds written to the command log and awaiting their fsync at once. */
+  /** Rounds written to the command log and awaiting apply at once. */
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
-import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { assert } from '../../runtime/errors.js';
+import { CommandLog } from './command-log.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { StateView } from './state-view.js';
 import { BufferedTable, DirectTable, type Key, type Table, type WriteBuffer } from './tables.js';
@@ -81,18 +81,13 @@ export class LmdbStore {
   }
 
   /**
-   * Format 1 (the single-threaded release) had one command log, in `wal/` itself, and one
-   * applied index. It becomes log 0 (`wal/0/`) with `applied/0`. Each step can be repeated, so
-   * a crash half way is finished at the next start. Runs before any command log is opened
-   * (the main thread opens the store first, then starts the workers).
+   * Format 1 (the single-threaded release) had one command log, an LMDB environment in `wal/`
+   * itself, and one applied index. Its entries become command log 0 (`wal/0/`), the applied
+   * index `applied/0`. Each step can be repeated, so a crash half way is finished at the next
+   * start. Runs before any command log is opened (the main thread opens the store first).
    */
   private upgradeFromFormat1(): void {
-    const legacy = path.join(this.dir, 'wal');
-    if (fs.existsSync(path.join(legacy, 'data.mdb'))) {
-      fs.mkdirSync(path.join(legacy, '0'), { recursive: true });
-      fs.rmSync(path.join(legacy, 'lock.mdb'), { force: true }); // recreated on open; holds no data
-      fs.renameSync(path.join(legacy, 'data.mdb'), path.join(legacy, '0', 'data.mdb'));
-    }
+    CommandLog.adoptLegacy(this.dir);
     this.root.transactionSync(() => {
       const applied = this.meta.get('applied') as number | undefined;
       if (applied !== undefined) this.stampApplied(0, applied);
