@@ -48,7 +48,7 @@ export interface OpenedHost {
  * and starts a host for the groups `owns` accepts: what every thread that hosts groups runs.
  */
 export async function openHost(config: Config, logId: number, counter: TokenCounter, log: Logger, owns?: (group: number) => boolean): Promise<OpenedHost> {
-  const store = LmdbStore.open(config.dataDir, config.groups, config.stateCommitMs);
+  const store = LmdbStore.open(config.dataDir, config.groups);
   const commandLog = CommandLog.open(config.dataDir, logId);
   const machine = { defaultTokenizer: config.tokenizer };
   try {
@@ -60,7 +60,7 @@ export async function openHost(config: Config, logId: number, counter: TokenCoun
     throw err;
   }
   const stateWriters: Record<Config['stateWriter'], StateWriterFactory> = {
-    direct: (events) => new DirectStateWriter(store, logId, events),
+    direct: (events) => new DirectStateWriter(store, logId, events, config.stateCommitMs),
     inline: (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events),
     thread: (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, log: logId, machine, logLevel: config.logLevel, nodeId: config.nodeId }, events, log),
   };

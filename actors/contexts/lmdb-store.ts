@@ -35,15 +35,13 @@ export class LmdbStore {
   /** Reads and writes LMDB directly, inside a write transaction: what LogApplier applies through. */
   readonly view: StateView;
 
-  private constructor(readonly dir: string, readonly groups: number, commitDelayMs: number) {
+  private constructor(readonly dir: string, readonly groups: number) {
     fs.mkdirSync(dir, { recursive: true });
     // overlappingSync (the default on Linux): commits return before the fsync; durability is
     // awaited separately through `flushed`, never assumed from a resolved write.
     // noSubdir explicitly: lmdb-js would otherwise take a directory name with a dot in it
     // (/var/lib/fastpaca.d) for a file name.
-    // commitDelay: asynchronous writes (the direct state writer's) are encoded when issued and
-    // committed together at most this often, so their random pages are synced far less often.
-    this.root = open({ path: dir, noSubdir: false, maxDbs: 16, overlappingSync: true, mapSize: 2 ** 34, commitDelay: commitDelayMs });
+    this.root = open({ path: dir, noSubdir: false, maxDbs: 16, overlappingSync: true, mapSize: 2 ** 34 });
     const db = <V, K extends Key | string = Key>(name: string, shared = false) =>
       this.root.openDB<V, K>(shared ? { name, sharedStructuresKey: Symbol.for('structures') } : { name });
     // Records and messages share their property names through a stored structure table
@@ -59,12 +57,9 @@ export class LmdbStore {
     this.view = new LmdbView(this.tables((d) => new DirectTable(d)), groups);
   }
 
-  /**
-   * Opens (or creates) the store; refuses data written with another group count or format.
-   * `commitDelayMs` batches this thread's asynchronous writes into fewer commits (and fsyncs).
-   */
-  static open(dir: string, groups: number, commitDelayMs = 0): LmdbStore {
-    const store = new LmdbStore(dir, groups, commitDelayMs);
+  /** Opens (or creates) the store; refuses data written with another group count or format. */
+  static open(dir: string, groups: number): LmdbStore {
+    const store = new LmdbStore(dir, groups);
     let found = store.meta.get('layout') as { format: number; groups: number } | undefined;
     if (found?.format === 1 && found.groups === groups) {
       store.upgradeFromFormat1();

@@ -44,22 +44,48 @@ export class DirectStateWriter implements StateWriter {
   private persistedIndex = 0;
   private syncing = false;
   private failed = false;
+  /** Writes handed over since the last commit, oldest first, and the index they reach. */
+  private waiting: Array<readonly PendingWrite[]> = [];
+  private waitingIndex = 0;
+  /** Cancels the scheduled commit, while one is scheduled. */
+  private cancel: (() => void) | undefined;
 
   constructor(
     private readonly store: LmdbStore,
     private readonly log: number,
     private readonly events: StateWriterEvents,
+    /** Commits at most this often (0: at the end of every event turn). */
+    private readonly commitIntervalMs = 0,
   ) {}
 
   upTo(index: number, writes: readonly PendingWrite[]): void {
     if (this.failed) return;
-    for (const w of writes) {
-      // A slot written again by a later command of the same batch holds that command's value;
-      // its last write is the one to store.
-      if (w.slot.gen !== w.gen) continue;
-      const db = w.table.db;
-      const done = w.slot.value === undefined ? db.remove(w.slot.key) : db.put(w.slot.key, w.slot.value);
-      done.catch(ignore); // the applied stamp below is in the same transaction and reports it
+    this.waiting.push(writes);
+    this.waitingIndex = index;
+    if (this.cancel !== undefined) return;
+    if (this.commitIntervalMs > 0) {
+      const t = setTimeout(() => this.commit(), this.commitIntervalMs);
+      this.cancel = () => clearTimeout(t);
+    } else {
+      const t = setImmediate(() => this.commit());
+      this.cancel = () => clearImmediate(t);
+    }
+  }
+
+  private commit(): void {
+    this.cancel = undefined;
+    const index = this.waitingIndex;
+    const batches = this.waiting;
+    this.waiting = [];
+    for (const writes of batches) {
+      for (const w of writes) {
+        // A slot written again by a later command holds that command's value (it is in this
+        // commit too): its last write is the one to store.
+        if (w.slot.gen !== w.gen) continue;
+        const db = w.table.db;
+        const done = w.slot.value === undefined ? db.remove(w.slot.key) : db.put(w.slot.key, w.slot.value);
+        done.catch(ignore); // the applied stamp below is in the same transaction and reports it
+      }
     }
     this.last = this.store.putApplied(this.log, index).then(
       () => {
@@ -87,6 +113,10 @@ export class DirectStateWriter implements StateWriter {
   }
 
   async close(): Promise<void> {
+    if (this.cancel !== undefined) {
+      this.cancel();
+      this.commit();
+    }
     await this.last;
     await this.store.root.flushed;
   }

@@ -14,7 +14,8 @@ const quiet = createLogger('error', {}, () => {});
 const user = (text: string) => ({ role: 'user', parts: [{ type: 'text', text }], metadata: {} });
 
 type HostOptions = Parameters<typeof GroupHost.create>[2];
-type WriterKind = 'direct' | 'inline';
+/** direct-batched: the direct writer committing every 30 ms rather than every turn. */
+type WriterKind = 'direct' | 'direct-batched' | 'inline';
 
 async function openHost(dir: string, writer: WriterKind, overrides: Partial<HostOptions> = {}) {
   const store = LmdbStore.open(dir, 16);
@@ -29,7 +30,10 @@ async function openHost(dir: string, writer: WriterKind, overrides: Partial<Host
     batchMax: 7,
     roundsInflightMax: 3,
     bufferedWritesMax: 1_000_000,
-    stateWriter: writer === 'direct' ? (events) => new DirectStateWriter(store, log.id, events) : (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events),
+    stateWriter:
+      writer === 'inline'
+        ? (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events)
+        : (events) => new DirectStateWriter(store, log.id, events, writer === 'direct-batched' ? 30 : 0),
     ...overrides,
   });
   return {
@@ -48,7 +52,7 @@ const value = <T>(r: CommandResult) => {
 };
 
 // The host's contract holds whichever way the state store follows the command log.
-describe.each<WriterKind>(['direct', 'inline'])('GroupHost with the %s state writer', (writer) => {
+describe.each<WriterKind>(['direct', 'direct-batched', 'inline'])('GroupHost with the %s state writer', (writer) => {
   const closers: Array<() => Promise<void>> = [];
   afterEach(async () => {
     for (const c of closers.splice(0)) await c();
@@ -95,5 +99,42 @@ describe.each<WriterKind>(['direct', 'inline'])('GroupHost with the %s state wri
     closers.push(b.close);
     const r = await b.host.read({ q: 'get', id: 'r' });
     expect(r.q === 'get' && r.ctx?.last_seq).toBe(30);
+  });
+});
+
+describe('the direct state writer with a commit interval', () => {
+  it('commits the writes of many rounds together, at most once per interval, each with its applied index', async () => {
+    const dir = tempDir();
+    const store = LmdbStore.open(dir, 16);
+    const log = CommandLog.open(dir);
+    const persisted: number[] = [];
+    const host = await GroupHost.create(store, log, {
+      machine,
+      counter: { countParts: async () => Promise.reject(new Error('no BPE in this test')) },
+      now: () => 1_000,
+      log: quiet,
+      pendingMax: 10_000,
+      batchMax: 3,
+      roundsInflightMax: 2,
+      bufferedWritesMax: 1_000_000,
+      stateWriter: (events) => new DirectStateWriter(store, log.id, { ...events, persisted: (i) => (persisted.push(i), events.persisted(i)) }, 200),
+    });
+    await host.submit({ t: 'put', id: 'b', fields: { token_budget: 1_000_000 }, create: 'context' });
+    await Promise.all(Array.from({ length: 20 }, (_, i) => host.submit({ t: 'append', id: 'b', messages: [user(`m${i}`)], batch: false })));
+    // Answered (logged, applied, readable) but not yet in the store: the interval has not passed.
+    const read = await host.read({ q: 'get', id: 'b' });
+    expect(read.q === 'get' && read.ctx?.last_seq).toBe(20);
+    expect(store.appliedIndex(0)).toBe(0);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(persisted).toEqual([21]);
+    store.root.resetReadTxn();
+    expect(store.appliedIndex(0)).toBe(21);
+    expect(store.view.getContext('b')!.last_seq).toBe(20);
+    // Close commits what is waiting rather than dropping it.
+    await host.submit({ t: 'append', id: 'b', messages: [user('last')], batch: false });
+    await host.close();
+    expect(persisted).toEqual([21, 22]);
+    await log.close();
+    await store.close();
   });
 });
