@@ -65,7 +65,8 @@ describe('SegmentLog', () => {
     log.close();
     const first = path.join(dir, segmentsOf(dir)[0]!);
     const buf = fs.readFileSync(first);
-    buf[16 + 116 + 20] ^= 0xff; // a payload byte of the second record
+    const at = 16 + 116 + 20; // a payload byte of the second record
+    buf.writeUInt8(buf.readUInt8(at) ^ 0xff, at);
     fs.writeFileSync(first, buf);
     const reopened = SegmentLog.open(dir, { segmentBytesMax: 1024 });
     expect(() => reopened.read(1, 100)).toThrow(/damaged log segment/);

@@ -1,0 +1,277 @@
+/**
+ * The TCP transport between nodes, over real sockets on 127.0.0.1 (and through the
+ * fault-injecting proxy): ordering, one connection per pair, reconnects, bounded queues, and
+ * hostile peers that only ever cost their own connection.
+ */
+import net from 'node:net';
+import { crc32 } from 'node:zlib';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FrameDecoder, FrameError, encodeFrame } from '../../runtime/frame.js';
+import { createLogger } from '../../runtime/log.js';
+import { ProtocolVersion, Transport, type TransportLimits } from '../../runtime/transport.js';
+import { FaultProxy } from '../support/fault-proxy.js';
+import { freePort } from '../support/server.js';
+
+const quiet = createLogger('error', {}, () => {});
+const Cluster = 'test-cluster';
+
+interface Node {
+  id: string;
+  transport: Transport;
+  port: number;
+  received: Array<{ from: string; message: unknown }>;
+  counts: { sent: number; received: number; dropped: number; rejected: number };
+}
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** Starts nodes `ids` on free ports; `route` may point a node's view of a peer elsewhere (a proxy). */
+async function startNodes(ids: string[], opts: { limits?: Partial<TransportLimits>; route?: (from: string, to: string, port: number) => number } = {}): Promise<Map<string, Node>> {
+  const ports = new Map<string, number>();
+  for (const id of ids) ports.set(id, await freePort());
+  const nodes = new Map<string, Node>();
+  for (const id of ids) {
+    const peers = new Map(ids.filter((p) => p !== id).map((p) => [p, { host: '127.0.0.1', port: opts.route ? opts.route(id, p, ports.get(p)!) : ports.get(p)! }] as const));
+    const counts = { sent: 0, received: 0, dropped: 0, rejected: 0 };
+    const received: Node['received'] = [];
+    const transport = new Transport({
+      clusterId: Cluster,
+      nodeId: id,
+      listen: { host: '127.0.0.1', port: ports.get(id)! },
+      peers,
+      onMessage: (from, message) => received.push({ from, message }),
+      log: quiet,
+      limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, ...opts.limits },
+      counters: { framesSent: (n) => (counts.sent += n), framesReceived: (n) => (counts.received += n), dropped: (n) => (counts.dropped += n), rejected: () => counts.rejected++ },
+    });
+    nodes.set(id, { id, transport, port: ports.get(id)!, received, counts });
+  }
+  for (const n of nodes.values()) {
+    await n.transport.start();
+    cleanups.push(() => n.transport.close());
+  }
+  return nodes;
+}
+
+async function until(cond: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('Transport', () => {
+  it('delivers every message in the order it was sent, both ways, a turn of messages in one frame', async () => {
+    const nodes = await startNodes(['a', 'b']);
+    const a = nodes.get('a')!;
+    const b = nodes.get('b')!;
+    await until(() => a.transport.connected('b') && b.transport.connected('a'));
+    for (let turn = 0; turn < 20; turn++) {
+      for (let i = 0; i < 50; i++) {
+        expect(a.transport.send('b', { n: turn * 50 + i, data: 'x'.repeat(i) })).toBe(true);
+        expect(b.transport.send('a', [turn, i])).toBe(true);
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    await until(() => b.received.length === 1_000 && a.received.length === 1_000);
+    expect(b.received.map((r) => (r.message as { n: number }).n)).toEqual(Array.from({ length: 1_000 }, (_, i) => i));
+    expect(b.received.every((r) => r.from === 'a')).toBe(true);
+    expect(a.received.map((r) => r.message)).toEqual(Array.from({ length: 1_000 }, (_, k) => [Math.floor(k / 50), k % 50]));
+    // 20 turns of 50 messages: about 20 frames, not 1,000.
+    expect(a.counts.sent).toBeLessThanOrEqual(25);
+  });
+
+  it('keeps one connection per node pair in a cluster of three', async () => {
+    const ports = new Map<string, number>();
+    for (const id of ['n1', 'n2', 'n3']) ports.set(id, await freePort());
+    const byPair = new Map<string, FaultProxy>();
+    for (const from of ports.keys()) {
+      for (const [to, port] of ports) {
+        if (to === from) continue;
+        const p = await FaultProxy.start({ host: '127.0.0.1', port });
+        byPair.set(`${from}>${to}`, p);
+        cleanups.push(() => p.close());
+      }
+    }
+    const mesh = await startNodesOn(ports, (from, to) => byPair.get(`${from}>${to}`)!.port);
+    await until(() => [...mesh.values()].every((n) => [...mesh.keys()].filter((p) => p !== n.id).every((p) => n.transport.connected(p))));
+    await new Promise((r) => setTimeout(r, 100));
+    // Only the smaller id of each pair dials: 3 connections in all, none the other way.
+    const used = [...byPair.entries()].filter(([, p]) => p.accepted > 0).map(([k]) => k).sort();
+    expect(used).toEqual(['n1>n2', 'n1>n3', 'n2>n3']);
+    expect([...byPair.values()].reduce((s, p) => s + p.accepted, 0)).toBe(3);
+  });
+
+  it('reconnects after the connection is reset, and what is sent afterwards arrives', async () => {
+    const ports = new Map([['a', await freePort()], ['b', await freePort()]]);
+    const proxy = await FaultProxy.start({ host: '127.0.0.1', port: ports.get('b')! });
+    cleanups.push(() => proxy.close());
+    const nodes = await startNodesOn(ports, (from, to) => (from === 'a' && to === 'b' ? proxy.port : ports.get(to)!));
+    const a = nodes.get('a')!;
+    const b = nodes.get('b')!;
+    await until(() => a.transport.connected('b'));
+    a.transport.send('b', 'before');
+    await until(() => b.received.length === 1);
+    proxy.reset();
+    await until(() => !a.transport.connected('b'));
+    await until(() => a.transport.connected('b') && b.transport.connected('a'));
+    expect(proxy.accepted).toBeGreaterThanOrEqual(2);
+    a.transport.send('b', 'after');
+    b.transport.send('a', 'back');
+    await until(() => b.received.length === 2 && a.received.length === 1);
+    expect(b.received.map((r) => r.message)).toEqual(['before', 'after']);
+  });
+
+  it('a peer that is down has a bounded queue: past it messages are dropped and counted', async () => {
+    const ports = new Map([['a', await freePort()], ['b', await freePort()]]);
+    // Only a runs; b never comes up.
+    const a = await startOne('a', ports, { queueBytesMax: 10_000 });
+    let accepted = 0;
+    for (let i = 0; i < 100; i++) if (a.transport.send('b', i, 256)) accepted++;
+    expect(accepted).toBe(39);
+    expect(a.counts.dropped).toBe(61);
+    expect(a.transport.send('nobody', 1)).toBe(false);
+  });
+
+  it('hostile or confused peers lose their own connection; the node goes on serving its peers', async () => {
+    const nodes = await startNodes(['a', 'b']);
+    const a = nodes.get('a')!;
+    const b = nodes.get('b')!;
+    await until(() => a.transport.connected('b'));
+    const hello = (over: Record<string, unknown>) => encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, ...over });
+    const badCrc = encodeFrame({ t: 'batch', m: [1] });
+    badCrc.writeUInt8(badCrc.readUInt8(5) ^ 0xff, 5);
+    const oversize = Buffer.alloc(8);
+    oversize.writeUInt32LE(0xffffffff, 0);
+    const attacks: Array<[string, Buffer]> = [
+      ['random bytes', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')],
+      ['oversized length', oversize],
+      ['bad checksum', badCrc],
+      ['another cluster', hello({ cluster: 'other' })],
+      ['another protocol version', hello({ version: ProtocolVersion + 1 })],
+      ['an unknown node', hello({ node: 'mallory' })],
+      ['not a hello first', encodeFrame({ t: 'batch', m: ['x'] })],
+      ['not msgpack', rawFrame(Buffer.from([0xc1]))],
+    ];
+    const before = b.counts.rejected;
+    for (const [, bytes] of attacks) {
+      const closed = await sendRaw(b.port, bytes);
+      expect(closed).toBe(true);
+    }
+    expect(b.counts.rejected - before).toBe(attacks.length);
+    expect(b.received).toEqual([]);
+    a.transport.send('b', 'still here');
+    await until(() => b.received.length === 1);
+  });
+
+  it('random bytes at the listener never crash it (fast-check)', async () => {
+    const nodes = await startNodes(['a', 'b']);
+    const b = nodes.get('b')!;
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 300 }), async (bytes) => {
+        await sendRaw(b.port, Buffer.from(bytes), 1_000, true);
+      }),
+      { numRuns: 40 },
+    );
+    const a = nodes.get('a')!;
+    await until(() => a.transport.connected('b'));
+    a.transport.send('b', 'ok');
+    await until(() => b.received.length === 1);
+  });
+});
+
+describe('FrameDecoder', () => {
+  it('reassembles frames from any chunking (fast-check)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.jsonValue(), { minLength: 1, maxLength: 20 }), fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 30 }), (values, cuts) => {
+        const clean = values.filter((v) => !JSON.stringify(v).includes('"__proto__"')).map((v) => JSON.parse(JSON.stringify(v)) as unknown);
+        const stream = Buffer.concat(clean.map((v) => encodeFrame(v)));
+        const decoder = new FrameDecoder(1 << 20);
+        const out: unknown[] = [];
+        let at = 0;
+        for (let i = 0; at < stream.length; i++) {
+          const n = cuts[i % cuts.length]!;
+          out.push(...decoder.push(stream.subarray(at, at + n)));
+          at += n;
+        }
+        expect(out).toEqual(clean);
+        expect(decoder.pendingBytes).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses a frame over the limit before reading it', () => {
+    const decoder = new FrameDecoder(100);
+    expect(() => decoder.push(encodeFrame('y'.repeat(200)).subarray(0, 8))).toThrow(FrameError);
+  });
+});
+
+/** A frame with a correct header around any body. */
+function rawFrame(body: Buffer): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(body.length, 0);
+  head.writeUInt32LE(crc32(body), 4);
+  return Buffer.concat([head, body]);
+}
+
+/**
+ * Opens a raw connection, writes `bytes` (and ends it, with `end`), and says whether the
+ * connection closed within `ms`.
+ */
+function sendRaw(port: number, bytes: Buffer, ms = 2_000, end = false): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(false);
+    }, ms);
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+    socket.on('connect', () => (end ? socket.end(bytes) : socket.write(bytes)));
+  });
+}
+
+async function startOne(id: string, ports: Map<string, number>, limits: Partial<TransportLimits> = {}): Promise<Node> {
+  const counts = { sent: 0, received: 0, dropped: 0, rejected: 0 };
+  const received: Node['received'] = [];
+  const peers = new Map([...ports].filter(([p]) => p !== id).map(([p, port]) => [p, { host: '127.0.0.1', port }] as const));
+  const transport = new Transport({
+    clusterId: Cluster,
+    nodeId: id,
+    listen: { host: '127.0.0.1', port: ports.get(id)! },
+    peers,
+    onMessage: (from, message) => received.push({ from, message }),
+    log: quiet,
+    limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, ...limits },
+    counters: { framesSent: (n) => (counts.sent += n), framesReceived: (n) => (counts.received += n), dropped: (n) => (counts.dropped += n), rejected: () => counts.rejected++ },
+  });
+  await transport.start();
+  cleanups.push(() => transport.close());
+  return { id, transport, port: ports.get(id)!, received, counts };
+}
+
+async function startNodesOn(ports: Map<string, number>, route: (from: string, to: string) => number): Promise<Map<string, Node>> {
+  const nodes = new Map<string, Node>();
+  for (const id of ports.keys()) {
+    const routed = new Map([...ports].map(([p, port]) => [p, p === id ? port : route(id, p)] as const));
+    // Listen on the node's own port; reach peers through `route`.
+    const node = await startOneRouted(id, ports.get(id)!, routed);
+    nodes.set(id, node);
+  }
+  return nodes;
+}
+
+async function startOneRouted(id: string, listenPort: number, routed: Map<string, number>): Promise<Node> {
+  const ports = new Map(routed);
+  ports.set(id, listenPort);
+  return startOne(id, ports);
+}
