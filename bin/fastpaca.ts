@@ -9,7 +9,9 @@ const usage = `usage: fastpaca <command>
 commands:
   serve                         run a node configured from the environment (see docs/operations.md)
   bench <scenario> [--url U] [--json] [--duration S] [--connections N]
-                                run a benchmark scenario (scenarios: append, mailbox)
+                                run a benchmark scenario (scenarios: append, mailbox, raft)
+  sim [--seeds N] [--start S] [--steps M] [--trace]
+                                run the deterministic Raft simulator; exits 1 on a violation
 `;
 
 async function serve(): Promise<number> {
@@ -55,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
       return serve();
     case 'bench':
       return bench(rest);
+    case 'sim':
+      return (await import('../actors/raft/sim/cli.js')).simCommand(rest);
     case undefined:
     case 'help':
     case '--help':
