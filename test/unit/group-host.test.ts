@@ -17,7 +17,7 @@ type HostOptions = Parameters<typeof GroupHost.create>[2];
 /** direct-batched: the direct writer committing every 30 ms rather than every turn. */
 type WriterKind = 'direct' | 'direct-batched' | 'inline';
 
-async function openHost(dir: string, writer: WriterKind, overrides: Partial<HostOptions> = {}) {
+async function openHost(dir: string, writer: WriterKind, overrides: Partial<HostOptions> = {}, direct: { commitIntervalMs?: number; onPersisted?: (index: number) => void } = {}) {
   const store = LmdbStore.open(dir, 16);
   const log = CommandLog.open(dir);
   await recover(store, log, machine, quiet);
@@ -33,11 +33,13 @@ async function openHost(dir: string, writer: WriterKind, overrides: Partial<Host
     stateWriter:
       writer === 'inline'
         ? (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events)
-        : (events) => new DirectStateWriter(store, log.id, events, writer === 'direct-batched' ? 30 : 0),
+        : (events) =>
+            new DirectStateWriter(store, log.id, { ...events, persisted: (i) => (direct.onPersisted?.(i), events.persisted(i)) }, direct.commitIntervalMs ?? (writer === 'direct-batched' ? 30 : 0)),
     ...overrides,
   });
   return {
     host,
+    store,
     close: async () => {
       await host.close();
       await log.close();
@@ -104,21 +106,8 @@ describe.each<WriterKind>(['direct', 'direct-batched', 'inline'])('GroupHost wit
 
 describe('the direct state writer with a commit interval', () => {
   it('commits the writes of many rounds together, at most once per interval, each with its applied index', async () => {
-    const dir = tempDir();
-    const store = LmdbStore.open(dir, 16);
-    const log = CommandLog.open(dir);
     const persisted: number[] = [];
-    const host = await GroupHost.create(store, log, {
-      machine,
-      counter: { countParts: async () => Promise.reject(new Error('no BPE in this test')) },
-      now: () => 1_000,
-      log: quiet,
-      pendingMax: 10_000,
-      batchMax: 3,
-      roundsInflightMax: 2,
-      bufferedWritesMax: 1_000_000,
-      stateWriter: (events) => new DirectStateWriter(store, log.id, { ...events, persisted: (i) => (persisted.push(i), events.persisted(i)) }, 200),
-    });
+    const { host, store, close } = await openHost(tempDir(), 'direct', { batchMax: 3, roundsInflightMax: 2 }, { commitIntervalMs: 200, onPersisted: (i) => persisted.push(i) });
     await host.submit({ t: 'put', id: 'b', fields: { token_budget: 1_000_000 }, create: 'context' });
     await Promise.all(Array.from({ length: 20 }, (_, i) => host.submit({ t: 'append', id: 'b', messages: [user(`m${i}`)], batch: false })));
     // Answered (logged, applied, readable) but not yet in the store: the interval has not passed.
@@ -132,9 +121,7 @@ describe('the direct state writer with a commit interval', () => {
     expect(store.view.getContext('b')!.last_seq).toBe(20);
     // Close commits what is waiting rather than dropping it.
     await host.submit({ t: 'append', id: 'b', messages: [user('last')], batch: false });
-    await host.close();
+    await close();
     expect(persisted).toEqual([21, 22]);
-    await log.close();
-    await store.close();
   });
 });

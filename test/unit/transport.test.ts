@@ -29,32 +29,11 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-/** Starts nodes `ids` on free ports; `route` may point a node's view of a peer elsewhere (a proxy). */
-async function startNodes(ids: string[], opts: { limits?: Partial<TransportLimits>; route?: (from: string, to: string, port: number) => number } = {}): Promise<Map<string, Node>> {
+/** Starts nodes `ids` on free ports, all reaching each other directly. */
+async function startNodes(ids: string[]): Promise<Map<string, Node>> {
   const ports = new Map<string, number>();
   for (const id of ids) ports.set(id, await freePort());
-  const nodes = new Map<string, Node>();
-  for (const id of ids) {
-    const peers = new Map(ids.filter((p) => p !== id).map((p) => [p, { host: '127.0.0.1', port: opts.route ? opts.route(id, p, ports.get(p)!) : ports.get(p)! }] as const));
-    const counts = { sent: 0, received: 0, dropped: 0, rejected: 0 };
-    const received: Node['received'] = [];
-    const transport = new Transport({
-      clusterId: Cluster,
-      nodeId: id,
-      listen: { host: '127.0.0.1', port: ports.get(id)! },
-      peers,
-      onMessage: (from, message) => received.push({ from, message }),
-      log: quiet,
-      limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, ...opts.limits },
-      counters: { framesSent: (n) => (counts.sent += n), framesReceived: (n) => (counts.received += n), dropped: (n) => (counts.dropped += n), rejected: () => counts.rejected++ },
-    });
-    nodes.set(id, { id, transport, port: ports.get(id)!, received, counts });
-  }
-  for (const n of nodes.values()) {
-    await n.transport.start();
-    cleanups.push(() => n.transport.close());
-  }
-  return nodes;
+  return startNodesOn(ports, (_, to) => ports.get(to)!);
 }
 
 async function until(cond: () => boolean, ms = 5_000): Promise<void> {
@@ -240,6 +219,7 @@ function sendRaw(port: number, bytes: Buffer, ms = 2_000, end = false): Promise<
   });
 }
 
+/** Starts node `id` listening on ports[id] and reaching each other node at ports[peer]. */
 async function startOne(id: string, ports: Map<string, number>, limits: Partial<TransportLimits> = {}): Promise<Node> {
   const counts = { sent: 0, received: 0, dropped: 0, rejected: 0 };
   const received: Node['received'] = [];
@@ -259,19 +239,12 @@ async function startOne(id: string, ports: Map<string, number>, limits: Partial<
   return { id, transport, port: ports.get(id)!, received, counts };
 }
 
+/** Starts a node per entry of `ports`, each reaching a peer at `route(self, peer)` (a proxy, say). */
 async function startNodesOn(ports: Map<string, number>, route: (from: string, to: string) => number): Promise<Map<string, Node>> {
   const nodes = new Map<string, Node>();
   for (const id of ports.keys()) {
-    const routed = new Map([...ports].map(([p, port]) => [p, p === id ? port : route(id, p)] as const));
-    // Listen on the node's own port; reach peers through `route`.
-    const node = await startOneRouted(id, ports.get(id)!, routed);
-    nodes.set(id, node);
+    const seen = new Map([...ports].map(([p, port]) => [p, p === id ? port : route(id, p)] as const));
+    nodes.set(id, await startOne(id, seen));
   }
   return nodes;
-}
-
-async function startOneRouted(id: string, listenPort: number, routed: Map<string, number>): Promise<Node> {
-  const ports = new Map(routed);
-  ports.set(id, listenPort);
-  return startOne(id, ports);
 }
