@@ -30,7 +30,7 @@ export interface Config {
   bufferedWritesMax: number;
   /**
    * How the state store follows the command log: the host's own writes as asynchronous LMDB
-   * writes (direct), or the logged commands applied again on a thread of their own or inline.
+   * writes (direct), or the logged commands applied again on the host's thread (inline).
    */
   stateWriter: StateWriterMode;
   /** The direct state writer commits the state store at most this often (ms; 0: every turn). */
@@ -56,7 +56,7 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>;
 
-export const StateWriterModes = ['direct', 'thread', 'inline'] as const;
+export const StateWriterModes = ['direct', 'inline'] as const;
 export type StateWriterMode = (typeof StateWriterModes)[number];
 
 function stateWriter(raw: string | undefined): StateWriterMode {

@@ -12,44 +12,52 @@ import { assert } from './errors.js';
  * (measured: an fdatasync through libuv's pool, 0.35 ms idle, p99 5–7 ms beside two busy
  * threads). The command log is the acknowledgement path, so it is written by the thread that
  * answers, with no hand-off: an lmdb-js log (its own write thread, then `flushed`) took 2.9 ms a
- * round under load, this takes ~1 ms, and appends/s rose by 40% (docs/benchmarks.md). What a
- * round blocks is that thread only; requests that arrive meanwhile join the next round.
+ * round under load, this takes ~1.3 ms (docs/benchmarks.md). What a round blocks is that thread
+ * only; requests that arrive meanwhile join the next round.
  *
  * Layout: `<dir>/<first index, 20 digits>.seg`. A record is a 16-byte header — payload length
- * (u32), CRC-32 of index and payload (u32), index (f64) — then the payload. A segment is closed
- * once it passes `segmentBytesMax`; the next one is named after its first index. Only the last
- * segment may end in a torn record (a crash during a write that was never acknowledged): opening
- * cuts it off. A bad record anywhere else is damage, and opening refuses the directory.
+ * (u32), CRC-32 of index and payload (u32), index (f64) — then the payload; indexes follow each
+ * other without a gap from the segment's name. A segment is closed once it passes
+ * `segmentBytesMax`; the next one is named after its first index. Only the last segment may end
+ * in a torn record (a crash during a write that was never acknowledged): opening cuts it off.
+ * A bad record anywhere else is damage, and reading it refuses the directory.
+ *
+ * One writer per directory: the owner opens it; nobody else reads it while the owner writes.
  */
 export class SegmentLog {
   /** First index of each segment, ascending; the last one is being written. */
   private readonly segments: number[] = [];
   private fd: number | undefined;
-  /** Bytes in the segment being written (where the next record goes). */
+  /** Bytes of whole records in the segment being written (where the next record goes). */
   private size = 0;
   /** The index the next record gets (> every index in the log). */
-  private next: number;
+  private next = 1;
   /** Where sequential reads left off, so following the log does not rescan segments. */
   private cursor: { index: number; segment: number; offset: number } | undefined;
+  /** Set by a failed write or fdatasync: what reached the disk is unknown, so nothing more is written. */
+  private broken: Error | undefined;
+  private closed = false;
 
   private constructor(
     private readonly dir: string,
     private readonly segmentBytesMax: number,
   ) {
     fs.mkdirSync(dir, { recursive: true });
-    this.segments.push(...this.listSegments());
-    this.next = 1;
+    for (const name of fs.readdirSync(dir)) {
+      const m = /^(\d{20})\.seg$/.exec(name);
+      if (m) this.segments.push(Number(m[1]));
+    }
+    this.segments.sort((a, b) => a - b);
     const last = this.segments[this.segments.length - 1];
-    if (last !== undefined) {
-      const { end, next } = this.scanTail(last);
-      this.next = next;
-      this.size = end;
-      this.fd = fs.openSync(this.file(last), 'r+');
-      if (fs.fstatSync(this.fd).size > end) {
-        // A torn record after the last acknowledged one: cut it off, durably.
-        fs.ftruncateSync(this.fd, end);
-        fs.fsyncSync(this.fd);
-      }
+    if (last === undefined) return;
+    const { records, end } = readRecords(this.file(last), 0, last, 0, Infinity, true);
+    this.next = last + records.length;
+    this.size = end;
+    this.fd = fs.openSync(this.file(last), 'r+');
+    if (fs.fstatSync(this.fd).size > end) {
+      // A torn record after the last acknowledged one: cut it off, durably.
+      fs.ftruncateSync(this.fd, end);
+      fs.fsyncSync(this.fd);
     }
   }
 
@@ -71,6 +79,11 @@ export class SegmentLog {
     return undefined;
   }
 
+  /** Why the log refuses appends, if it does. */
+  get failure(): Error | undefined {
+    return this.broken;
+  }
+
   /**
    * Lets the next record have index `index` (> every index held). Only an empty log can skip:
    * a gap inside the log would lose the commands in it.
@@ -78,69 +91,75 @@ export class SegmentLog {
   skipTo(index: number): void {
     if (index <= this.next) return;
     assert(this.firstIndex === undefined, 'only an empty log skips ahead');
-    for (const first of this.segments.splice(0)) fs.rmSync(this.file(first), { force: true });
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
+    for (const first of this.segments.splice(0)) fs.rmSync(this.file(first), { force: true });
+    syncDir(this.dir);
     this.next = index;
     this.cursor = undefined;
   }
 
   /**
    * Appends `payloads` at consecutive indexes and returns the first. When it returns, the
-   * records are on disk (written and fdatasynced); a throw means none of them counts.
+   * records are on disk (written and fdatasynced). A throw means they are not acknowledged:
+   * they may or may not be there after a restart, and the log refuses every later append.
    */
   append(payloads: readonly Uint8Array[]): number {
+    assert(!this.closed, 'a closed log is not appended to');
+    if (this.broken) throw this.broken;
     assert(payloads.length > 0, 'an append carries records');
-    if (this.fd === undefined || this.size >= this.segmentBytesMax) this.roll();
-    let bytes = 0;
-    for (const p of payloads) bytes += HeaderBytes + p.byteLength;
-    const buf = Buffer.allocUnsafe(bytes);
-    const first = this.next;
-    let at = 0;
-    for (let i = 0; i < payloads.length; i++) {
-      const p = payloads[i]!;
-      buf.writeDoubleLE(first + i, at + 8);
-      buf.set(p, at + HeaderBytes);
-      buf.writeUInt32LE(p.byteLength, at);
-      buf.writeUInt32LE(crc32(buf.subarray(at + 8, at + HeaderBytes + p.byteLength)), at + 4);
-      at += HeaderBytes + p.byteLength;
+    try {
+      if (this.fd === undefined || this.size >= this.segmentBytesMax) this.roll();
+      let bytes = 0;
+      for (const p of payloads) bytes += HeaderBytes + p.byteLength;
+      const buf = Buffer.allocUnsafe(bytes);
+      const first = this.next;
+      let at = 0;
+      for (let i = 0; i < payloads.length; i++) {
+        const p = payloads[i]!;
+        assert(p.byteLength <= RecordBytesMax, 'a record stays under the size a reader accepts');
+        buf.writeDoubleLE(first + i, at + 8);
+        buf.set(p, at + HeaderBytes);
+        buf.writeUInt32LE(p.byteLength, at);
+        buf.writeUInt32LE(crc32(buf.subarray(at + 8, at + HeaderBytes + p.byteLength)), at + 4);
+        at += HeaderBytes + p.byteLength;
+      }
+      const fd = this.fd!;
+      let written = 0;
+      while (written < bytes) written += fs.writeSync(fd, buf, written, bytes - written, this.size + written);
+      fs.fdatasyncSync(fd);
+      this.size += bytes;
+      this.next += payloads.length;
+      return first;
+    } catch (err) {
+      // After a failed write or fdatasync the kernel may have dropped the pages: appending more
+      // could acknowledge records behind a hole. Only a restart, which rereads the files, is safe.
+      this.broken = err instanceof Error ? err : new Error(String(err));
+      throw err;
     }
-    const fd = this.fd!;
-    let written = 0;
-    while (written < bytes) written += fs.writeSync(fd, buf, written, bytes - written, this.size + written);
-    fs.fdatasyncSync(fd);
-    this.size += bytes;
-    this.next += payloads.length;
-    return first;
   }
 
   /**
-   * Sees segments another instance (the writer, on another thread) created or removed since;
-   * records it appended to known segments are read anyway.
+   * Records with index >= from (and <= upTo), ascending, at most `limit`. A damaged record in a
+   * closed segment throws; the segment being written ends at its last whole record.
    */
-  refresh(): void {
-    this.segments.splice(0, this.segments.length, ...this.listSegments());
-  }
-
-  /**
-   * Records with index >= from, ascending, at most `limit`, as far as they are written: what the
-   * files hold, so a reader on another thread sees the writer's appends.
-   */
-  read(from: number, limit: number): Array<{ index: number; payload: Buffer }> {
+  read(from: number, limit: number, upTo = Infinity): Array<{ index: number; payload: Buffer }> {
     const out: Array<{ index: number; payload: Buffer }> = [];
-    if (limit <= 0 || this.segments.length === 0) return out;
+    const max = Math.min(limit, upTo - from + 1);
+    if (max <= 0 || this.segments.length === 0 || from >= this.next) return out;
     const resume = this.cursor !== undefined && this.cursor.index === from && this.segments.includes(this.cursor.segment);
     let si = this.segments.indexOf(resume ? this.cursor!.segment : this.segmentOf(from));
     let offset = resume ? this.cursor!.offset : 0;
-    for (; si < this.segments.length; si++, offset = 0) {
+    let expected = resume ? from : this.segments[si]!;
+    for (; si < this.segments.length && out.length < max; si++) {
       const first = this.segments[si]!;
       const tail = si === this.segments.length - 1;
-      const { records, end, bad } = readRecords(this.file(first), offset, from, limit - out.length);
-      // Only the segment being written may end early (a record not yet written in full).
+      if (offset === 0) expected = first;
+      const { records, end, bad } = readRecords(this.file(first), offset, expected, from, max - out.length);
       if (bad && !tail) throw damaged(this.file(first), end);
       out.push(...records);
-      if (out.length > 0) this.cursor = { index: out[out.length - 1]!.index + 1, segment: first, offset: end };
-      if (out.length >= limit) break;
+      if (records.length > 0) this.cursor = { index: records[records.length - 1]!.index + 1, segment: first, offset: end };
+      offset = 0;
     }
     return out;
   }
@@ -150,25 +169,20 @@ export class SegmentLog {
    * kept); records of a partly forgotten segment stay readable.
    */
   truncatePrefix(upTo: number): void {
+    let removed = false;
     while (this.segments.length > 1 && this.segments[1]! - 1 <= upTo) {
       const first = this.segments.shift()!;
       fs.rmSync(this.file(first), { force: true });
       if (this.cursor?.segment === first) this.cursor = undefined;
+      removed = true;
     }
+    if (removed) syncDir(this.dir);
   }
 
   close(): void {
+    this.closed = true;
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
-  }
-
-  private listSegments(): number[] {
-    const found: number[] = [];
-    for (const name of fs.readdirSync(this.dir)) {
-      const m = /^(\d{20})\.seg$/.exec(name);
-      if (m) found.push(Number(m[1]));
-    }
-    return found.sort((a, b) => a - b);
   }
 
   private file(first: number): string {
@@ -187,37 +201,13 @@ export class SegmentLog {
   /** Starts a new segment at the next index; its name reaches the disk before any record. */
   private roll(): void {
     if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
     const first = this.next;
-    if (this.segments[this.segments.length - 1] === first) {
-      // An empty segment already waits at this index (opened after a skip or a restart).
-      this.fd = fs.openSync(this.file(first), 'r+');
-    } else {
-      this.fd = fs.openSync(this.file(first), 'wx');
-      this.segments.push(first);
-    }
-    this.size = fs.fstatSync(this.fd).size;
-    const dirFd = fs.openSync(this.dir, 'r');
-    try {
-      fs.fsyncSync(dirFd);
-    } finally {
-      fs.closeSync(dirFd);
-    }
+    this.fd = fs.openSync(this.file(first), 'wx');
+    this.segments.push(first);
+    this.size = 0;
+    syncDir(this.dir);
   }
-
-  /**
-   * The end of the last good record of segment `first` (the last), and the index after it.
-   * Earlier segments are checked as they are read.
-   */
-  private scanTail(first: number): { end: number; next: number } {
-    const { records, end } = readRecords(this.file(first), 0, 0, Infinity, true);
-    const last = records.length > 0 ? records[records.length - 1]!.index : first - 1;
-    assert(last - first + 1 === records.length, 'a segment holds consecutive indexes from its name');
-    return { end, next: last + 1 };
-  }
-}
-
-function damaged(file: string, at: number): Error {
-  return new Error(`damaged log segment ${file} at byte ${at}: the data directory is corrupt`);
 }
 
 const HeaderBytes = 16;
@@ -225,15 +215,36 @@ const HeaderBytes = 16;
 const SegmentBytesMaxDefault = 64 * 1024 * 1024;
 /** Bytes read from a segment at once. */
 const ReadChunkBytes = 1024 * 1024;
-/** A record larger than this is damage, not data (the mailbox never carries one that large). */
+/** A record larger than this is damage, not data (nothing the node writes is that large). */
 const RecordBytesMax = 256 * 1024 * 1024;
 
+function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function damaged(file: string, at: number): Error {
+  return new Error(`damaged log segment ${file} at byte ${at}: the data directory is corrupt`);
+}
+
 /**
- * Reads records of one segment file from byte `offset`: those with index >= from, at most
- * `limit`. Stops at the end of the file or at the first record that is torn or fails its
- * checksum (`bad`), and returns the byte after the last good record it read.
+ * Reads records of one segment file from byte `offset`, where the record with index `expected`
+ * starts: those with index >= from, at most `limit`. Stops at the end of the file or at the
+ * first record that is torn, fails its checksum or does not have the next index (`bad`), and
+ * returns the byte after the last good record it read.
  */
-function readRecords(file: string, offset: number, from: number, limit: number, headersOnly = false): { records: Array<{ index: number; payload: Buffer }>; end: number; bad: boolean } {
+function readRecords(
+  file: string,
+  offset: number,
+  expected: number,
+  from: number,
+  limit: number,
+  headersOnly = false,
+): { records: Array<{ index: number; payload: Buffer }>; end: number; bad: boolean } {
   const records: Array<{ index: number; payload: Buffer }> = [];
   const fd = fs.openSync(file, 'r');
   try {
@@ -241,6 +252,7 @@ function readRecords(file: string, offset: number, from: number, limit: number, 
     let chunk = Buffer.alloc(0);
     let chunkStart = offset;
     let at = offset;
+    let index = expected;
     const view = (start: number, length: number): Buffer | undefined => {
       if (start + length > size) return undefined;
       if (start < chunkStart || start + length > chunkStart + chunk.length) {
@@ -256,14 +268,12 @@ function readRecords(file: string, offset: number, from: number, limit: number, 
       const header = view(at, HeaderBytes);
       if (header === undefined) return { records, end: at, bad: at < size };
       const length = header.readUInt32LE(0);
-      const crc = header.readUInt32LE(4);
-      const index = header.readDoubleLE(8);
-      if (length > RecordBytesMax || !Number.isSafeInteger(index)) return { records, end: at, bad: true };
+      if (length > RecordBytesMax || header.readDoubleLE(8) !== index) return { records, end: at, bad: true };
       const body = view(at, HeaderBytes + length);
-      if (body === undefined) return { records, end: at, bad: true };
-      if (crc32(body.subarray(8)) !== crc) return { records, end: at, bad: true };
+      if (body === undefined || crc32(body.subarray(8)) !== header.readUInt32LE(4)) return { records, end: at, bad: true };
       at += HeaderBytes + length;
       if (index >= from) records.push({ index, payload: headersOnly ? EmptyPayload : Buffer.from(body.subarray(HeaderBytes)) });
+      index++;
     }
     return { records, end: at, bad: false };
   } finally {

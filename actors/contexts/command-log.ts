@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { open } from 'lmdb';
 import { Packr } from 'msgpackr';
-import { FastpacaError, assert } from '../../runtime/errors.js';
+import { assert } from '../../runtime/errors.js';
 import { SegmentLog } from '../../runtime/segment-log.js';
 import type { Command } from './types.js';
 
@@ -23,8 +23,6 @@ export class CommandLog {
   private readonly packr = new Packr({ useRecords: false });
   /** Entries up to here are forgotten (the state store holds them durably); reads skip them. */
   private forgottenUpTo = 0;
-  /** Set by a failed write: what reached the disk is unknown, so nothing more is appended. */
-  private broken: Error | undefined;
 
   private constructor(
     dir: string,
@@ -101,21 +99,23 @@ export class CommandLog {
 
   /**
    * Appends commands at consecutive indexes. They are on disk when this returns (`durable` is
-   * already settled: it rejects when the write failed, and then none of them counts).
+   * already settled: it rejects when the write failed, and then they are not acknowledged).
    */
   append(cmds: Command[]): { first: number; durable: Promise<void> } {
     assert(cmds.length > 0, 'an append carries commands');
     const first = this.nextIndex;
-    if (this.broken) return { first, durable: Promise.reject(this.broken) };
     try {
       this.appendOrThrow(cmds);
       return { first, durable: Promise.resolve() };
     } catch (err) {
-      // After a failed write or fdatasync the kernel may have dropped the pages: appending more
-      // could acknowledge commands behind a hole. Refuse until the node restarts and rereads.
-      this.broken = new FastpacaError('unavailable', 'the command log cannot be written; the node must restart', { retryAfterS: 5 });
+      // The segment log refuses every later append too (see SegmentLog.append).
       return { first, durable: Promise.reject(err) };
     }
+  }
+
+  /** Why the log cannot be written any more (until the node restarts), if it cannot. */
+  get failure(): Error | undefined {
+    return this.segments.failure;
   }
 
   /** Appends and syncs, or throws. pack() reuses its buffer: each record is copied out. */
@@ -124,15 +124,10 @@ export class CommandLog {
     return [];
   }
 
-  /** Sees what another thread has written since this thread last read. */
-  refresh(): void {
-    this.segments.refresh();
-  }
-
-  /** Entries with index >= from, ascending, at most `limit`. */
-  read(from: number, limit: number): Array<{ index: number; cmd: Command }> {
+  /** Entries with index >= from (and <= upTo), ascending, at most `limit`. */
+  read(from: number, limit: number, upTo?: number): Array<{ index: number; cmd: Command }> {
     return this.segments
-      .read(Math.max(from, this.forgottenUpTo + 1), limit)
+      .read(Math.max(from, this.forgottenUpTo + 1), limit, upTo)
       .map(({ index, payload }) => ({ index, cmd: this.packr.unpack(payload) as Command }));
   }
 

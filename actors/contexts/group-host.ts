@@ -132,7 +132,7 @@ export class GroupHost {
 
   /** Why this host cannot take writes, if it cannot. */
   get unavailableReason(): string | undefined {
-    if (this.failed) return 'the state store cannot be written; restart the node';
+    if (this.failed) return 'the storage cannot be written; restart the node';
     if (this.closed) return 'shutting down';
     return undefined;
   }
@@ -209,6 +209,8 @@ export class GroupHost {
         round.outcome = 'failed';
         this.opts.log.error('command log write failed', { err, commands: batch.length });
         metrics.internalErrors.inc();
+        // The log takes no more appends until a restart: say so to readiness, refuse writes.
+        if (this.log.failure) this.fail(this.log.failure);
         this.applyRounds();
       },
     );
@@ -223,9 +225,10 @@ export class GroupHost {
     while (this.rounds.length > 0 && this.rounds[0]!.outcome !== 'pending') {
       const round = this.rounds.shift()!;
       if (round.outcome === 'failed' || this.failed) {
-        // A failed log write: not logged, so not applied, and the callers may be told so (a
-        // retry with an idempotency key stays exact). A failed state store: logged but not
-        // applied here; the next start applies it, which the 503 contract allows.
+        // A failed log write: not acknowledged and not applied here; its records may still be on
+        // disk and be applied at the next start, which the 503 contract allows (a retry with an
+        // idempotency key stays exact). A failed state store: logged but not applied here; the
+        // next start applies it.
         const failure = new FastpacaError('unavailable', this.failed ? 'the node cannot write to its storage' : 'storage write failed; retry', { retryAfterS: 1 });
         for (const p of round.batch) p.reject(failure);
         continue;
@@ -249,6 +252,7 @@ export class GroupHost {
 
   /** The state store holds every command up to index: its writes need not stay in memory. */
   private persisted(index: number): void {
+    if (this.failed) return;
     this.store.root.resetReadTxn(); // see what the writer thread committed before letting go
     while (this.unreleased.length > 0 && this.unreleased[0]!.index <= index) this.buffer.release(this.unreleased.shift()!.writes);
     metrics.bufferedWrites.set(this.buffer.size);
@@ -257,7 +261,7 @@ export class GroupHost {
 
   /** …and has them on disk: the command log may forget them. */
   private durable(index: number): void {
-    if (this.truncating) return;
+    if (this.truncating || this.failed) return;
     this.truncating = true;
     void this.log
       .truncate(index)
@@ -268,8 +272,9 @@ export class GroupHost {
   /** The state store cannot follow the log in this process: stop writes. Everything answered is
    * in the log and is applied at the next start. */
   private fail(err: Error): void {
+    if (this.failed) return;
     this.failed = err;
-    this.opts.log.error('state store write failed; refusing writes until restart', { err });
+    this.opts.log.error('storage write failed; refusing writes until restart', { err });
     metrics.internalErrors.inc();
   }
 

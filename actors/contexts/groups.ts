@@ -8,7 +8,7 @@ import { CommandLog } from './command-log.js';
 import { GroupHost, recover } from './group-host.js';
 import { LmdbStore } from './lmdb-store.js';
 import { LogApplier } from './log-applier.js';
-import { DirectStateWriter, InlineStateWriter, ThreadStateWriter, type StateWriterFactory } from './state-writer.js';
+import { DirectStateWriter, InlineStateWriter, type StateWriterFactory } from './state-writer.js';
 import { monotonicClock, type TokenCounter } from './prepare.js';
 import type { QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
@@ -62,7 +62,6 @@ export async function openHost(config: Config, logId: number, counter: TokenCoun
   const stateWriters: Record<Config['stateWriter'], StateWriterFactory> = {
     direct: (events) => new DirectStateWriter(store, logId, events, config.stateCommitMs),
     inline: (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events),
-    thread: (events) => ThreadStateWriter.start({ dataDir: config.dataDir, groups: config.groups, log: logId, machine, logLevel: config.logLevel, nodeId: config.nodeId }, events, log),
   };
   const stateWriter = stateWriters[config.stateWriter];
   const host = await GroupHost.create(store, commandLog, {

@@ -1,5 +1,6 @@
 import type { CommandLog } from './command-log.js';
 import type { LmdbStore } from './lmdb-store.js';
+import { assert } from '../../runtime/errors.js';
 import type { Logger } from '../../runtime/log.js';
 import { applySafely, type MachineOptions } from './state-machine.js';
 
@@ -8,9 +9,8 @@ const ApplyBatch = 2_000;
 
 /**
  * Maintains the state store by applying the command log to it, in log order, each transaction
- * stamped with the index of its last command. It is the only writer of the state store: at
- * start-up it catches up after a stop or a crash; while the node runs it follows the log on a
- * thread of its own. apply is deterministic, so the store ends up exactly as the host's view
+ * stamped with the index of its last command: at start-up it catches up after a stop or a
+ * crash (and, with FASTPACA_STATE_WRITER=inline, it follows the log while the node runs). apply is deterministic, so the store ends up exactly as the host's view
  * of it, which holds the same commands' writes in memory until the store has them.
  */
 export class LogApplier {
@@ -42,11 +42,11 @@ export class LogApplier {
    * undefined). Synchronous: on the node it runs on its own thread. Returns the commands applied.
    */
   applyUpTo(upTo?: number): number {
-    this.log.refresh();
     let count = 0;
     for (;;) {
-      const entries = this.log.read(this.applied + 1, ApplyBatch).filter((e) => upTo === undefined || e.index <= upTo);
+      const entries = this.log.read(this.applied + 1, ApplyBatch, upTo);
       if (entries.length === 0) return count;
+      assert(entries[0]!.index === this.applied + 1, 'the command log continues right after what the store holds');
       this.store.root.transactionSync(() => {
         for (const e of entries) {
           applySafely(this.store.view, e.cmd, this.machine, (err, cmd) => this.logger.error('apply failed', { err, kind: cmd.t, id: cmd.id, index: e.index }));

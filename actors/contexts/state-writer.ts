@@ -1,9 +1,6 @@
-import { Worker } from 'node:worker_threads';
-import type { LogLevel, Logger } from '../../runtime/log.js';
 import type { LmdbStore } from './lmdb-store.js';
 import type { LogApplier } from './log-applier.js';
 import type { PendingWrite } from './tables.js';
-import type { MachineOptions } from './state-machine.js';
 
 /** What a state writer tells the host. */
 export interface StateWriterEvents {
@@ -34,12 +31,18 @@ const ignore = () => {};
 /**
  * Writes the host's buffered writes to the state store itself, as lmdb-js asynchronous writes:
  * they are encoded here, then inserted and committed by lmdb-js's own write thread, all writes
- * of an event turn in one transaction with the applied index of their last command (so the
- * store never holds half a command, and recovery knows where to resume). Nothing is applied
- * twice: the values are the ones apply computed. The default.
+ * of a commit issued in one event turn (one transaction) with the applied index of their last
+ * command (so the store never holds half a command, and recovery knows where to resume).
+ * Nothing is applied twice: the values are the ones apply computed. The default.
+ *
+ * Commits are issued at most every `commitIntervalMs` and one at a time: the next waits until
+ * the previous one has succeeded, so a failed commit can never be followed by a later one whose
+ * applied stamp would claim the writes it lost. After a failure nothing more is written; the
+ * host refuses writes, and the next start applies the command log from the last good stamp.
  */
 export class DirectStateWriter implements StateWriter {
-  private last: Promise<unknown> = Promise.resolve();
+  /** The commit in flight, if any. */
+  private inflight: Promise<void> | undefined;
   /** The store has committed every command up to here (persisted <= the host's applied). */
   private persistedIndex = 0;
   private syncing = false;
@@ -62,7 +65,11 @@ export class DirectStateWriter implements StateWriter {
     if (this.failed) return;
     this.waiting.push(writes);
     this.waitingIndex = index;
-    if (this.cancel !== undefined) return;
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.cancel !== undefined || this.inflight !== undefined || this.waiting.length === 0) return;
     if (this.commitIntervalMs > 0) {
       const t = setTimeout(() => this.commit(), this.commitIntervalMs);
       this.cancel = () => clearTimeout(t);
@@ -74,30 +81,49 @@ export class DirectStateWriter implements StateWriter {
 
   private commit(): void {
     this.cancel = undefined;
+    if (this.failed || this.waiting.length === 0) return;
     const index = this.waitingIndex;
     const batches = this.waiting;
     this.waiting = [];
-    for (const writes of batches) {
-      for (const w of writes) {
-        // A slot written again by a later command holds that command's value (it is in this
-        // commit too): its last write is the one to store.
-        if (w.slot.gen !== w.gen) continue;
-        const db = w.table.db;
-        const done = w.slot.value === undefined ? db.remove(w.slot.key) : db.put(w.slot.key, w.slot.value);
-        done.catch(ignore); // the applied stamp below is in the same transaction and reports it
+    let stamped: Promise<boolean>;
+    try {
+      for (const writes of batches) {
+        for (const w of writes) {
+          // A slot written again by a later command holds that command's value (it is in this
+          // commit too): its last write is the one to store.
+          if (w.slot.gen !== w.gen) continue;
+          const db = w.table.db;
+          const done = w.slot.value === undefined ? db.remove(w.slot.key) : db.put(w.slot.key, w.slot.value);
+          done.catch(ignore); // the applied stamp below is in the same transaction and reports it
+        }
       }
+      stamped = this.store.putApplied(this.log, index);
+    } catch (err) {
+      // An encoding error or a closed store, thrown before anything was issued for the stamp.
+      this.fail(err);
+      return;
     }
-    this.last = this.store.putApplied(this.log, index).then(
+    this.inflight = stamped.then(
       () => {
+        this.inflight = undefined;
+        if (this.failed) return;
         this.persistedIndex = index;
         this.events.persisted(index);
         this.sync();
+        this.schedule();
       },
       (err: unknown) => {
-        this.failed = true;
-        this.events.failed(err instanceof Error ? err : new Error(String(err)));
+        this.inflight = undefined;
+        this.fail(err);
       },
     );
+  }
+
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.waiting = [];
+    this.events.failed(err instanceof Error ? err : new Error(String(err)));
   }
 
   /** One fsync at a time; writes committed meanwhile ride on the next. */
@@ -107,17 +133,18 @@ export class DirectStateWriter implements StateWriter {
     const index = this.persistedIndex;
     void this.store.root.flushed.then(() => {
       this.syncing = false;
+      if (this.failed) return;
       this.events.durable(index);
       if (this.persistedIndex > index) this.sync();
     });
   }
 
   async close(): Promise<void> {
-    if (this.cancel !== undefined) {
-      this.cancel();
-      this.commit();
-    }
-    await this.last;
+    this.cancel?.();
+    this.cancel = undefined;
+    await this.inflight;
+    this.commit();
+    await this.inflight;
     await this.store.root.flushed;
   }
 }
@@ -154,119 +181,5 @@ export class InlineStateWriter implements StateWriter {
   async close(): Promise<void> {
     this.applier.applyUpTo(this.target);
     await this.applier.durable();
-  }
-}
-
-/** Thread → host. */
-export type FromStateWriter =
-  | { type: 'ready' }
-  | { type: 'persisted'; index: number }
-  | { type: 'durable'; index: number }
-  | { type: 'failed'; message: string }
-  | { type: 'closed'; index: number };
-
-export interface StateWriterThreadData {
-  dataDir: string;
-  /** The command log it follows. */
-  log: number;
-  groups: number;
-  machine: MachineOptions;
-  logLevel: LogLevel;
-  nodeId: string;
-}
-
-/** Unexpected exits of the writer thread tolerated before the host is told the store failed. */
-const RestartsMax = 5;
-/** Closing waits this long for the thread to finish applying and syncing. */
-const CloseDeadlineMs = 60_000;
-
-/**
- * Applies on a thread of its own, so the gateway's thread never runs the state store's
- * transactions. The thread reads the command log itself; only indexes cross between threads.
- * A thread that dies is started again (it resumes from the store's applied index); after
- * RestartsMax the host is told the store failed.
- */
-export class ThreadStateWriter implements StateWriter {
-  private worker!: Worker;
-  private asked = 0;
-  private restarts = 0;
-  private closing: ((index: number) => void) | undefined;
-  private alive = false;
-
-  private constructor(
-    private readonly data: StateWriterThreadData,
-    private readonly events: StateWriterEvents,
-    private readonly log: Logger,
-  ) {}
-
-  static async start(data: StateWriterThreadData, events: StateWriterEvents, log: Logger): Promise<ThreadStateWriter> {
-    const writer = new ThreadStateWriter(data, events, log);
-    await writer.spawn();
-    return writer;
-  }
-
-  private spawn(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      let ready = false;
-      const worker = new Worker(new URL('./state-writer-thread.js', import.meta.url), { workerData: this.data });
-      this.worker = worker;
-      worker.on('message', (m: FromStateWriter) => {
-        switch (m.type) {
-          case 'ready':
-            ready = true;
-            this.alive = true;
-            if (this.asked > 0) worker.postMessage({ upTo: this.asked });
-            resolve();
-            return;
-          case 'persisted':
-            this.events.persisted(m.index);
-            return;
-          case 'durable':
-            this.events.durable(m.index);
-            return;
-          case 'failed':
-            this.events.failed(new Error(m.message));
-            return;
-          case 'closed':
-            this.closing?.(m.index);
-            return;
-        }
-      });
-      worker.on('error', (err) => this.log.error('state writer thread failed', { err }));
-      worker.on('exit', (code) => {
-        this.alive = false;
-        if (this.closing) return this.closing(-1);
-        if (!ready) return reject(new Error(`the state writer thread exited with code ${code} before it was ready`));
-        if (++this.restarts > RestartsMax) return this.events.failed(new Error(`the state writer thread keeps exiting (code ${code})`));
-        this.log.error('state writer thread exited; starting it again', { code, restarts: this.restarts });
-        this.spawn().catch((err: unknown) => this.events.failed(err instanceof Error ? err : new Error(String(err))));
-      });
-    });
-  }
-
-  upTo(index: number): void {
-    if (index <= this.asked) return;
-    this.asked = index;
-    this.worker.postMessage({ upTo: index });
-  }
-
-  /** Stops the thread abruptly, as a crash would; it is started again like after any crash. */
-  async kill(): Promise<void> {
-    await this.worker.terminate();
-  }
-
-  /**
-   * Asks the thread to apply everything asked for, sync and close the store. A thread that is
-   * gone (it failed for good) has nothing to finish: the log holds the commands for next start.
-   */
-  async close(): Promise<void> {
-    if (!this.alive) return;
-    const closed = new Promise<number>((resolve) => (this.closing = resolve));
-    this.worker.postMessage({ close: true, upTo: this.asked });
-    const deadline = setTimeout(() => this.closing?.(-1), CloseDeadlineMs);
-    const index = await closed;
-    clearTimeout(deadline);
-    if (index < 0) this.log.error('state writer thread did not close in time; the command log will be applied at the next start');
-    await this.worker.terminate();
   }
 }

@@ -104,24 +104,31 @@ describe('SegmentLog', () => {
     reopened.close();
   });
 
-  it('a reader on the same directory sees what the writer appends, across new segments', () => {
+  it('a failed write refuses every later append until the log is opened again', () => {
     const dir = tempDir();
-    const writer = SegmentLog.open(dir, { segmentBytesMax: 2048 });
-    writer.append([bytes(1)]);
-    const reader = SegmentLog.open(dir, { segmentBytesMax: 2048 });
-    const seen: number[] = indexes(reader.read(1, 100));
-    for (let i = 2; i <= 100; i++) {
-      writer.append([bytes(i, 150)]);
-      if (i % 7 === 0) {
-        reader.refresh();
-        seen.push(...indexes(reader.read(seen.length + 1, 100)));
-      }
-    }
-    reader.refresh();
-    seen.push(...indexes(reader.read(seen.length + 1, 100)));
-    expect(seen).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
-    writer.close();
-    reader.close();
+    const log = SegmentLog.open(dir);
+    log.append([bytes(1)]);
+    // Make the next write fail the way a full or broken disk would: its file descriptor is gone.
+    const fd = (log as unknown as { fd: number }).fd;
+    fs.closeSync(fd);
+    expect(() => log.append([bytes(2)])).toThrow();
+    expect(log.failure).toBeDefined();
+    expect(() => log.append([bytes(3)])).toThrow();
+    const reopened = SegmentLog.open(dir);
+    expect(reopened.nextIndex).toBe(2);
+    expect(reopened.append([bytes(2)])).toBe(2);
+    reopened.close();
+  });
+
+  it('reads stop at upTo, and following in pages reuses the position', () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir, { segmentBytesMax: 2048 });
+    for (let i = 1; i <= 100; i++) log.append([bytes(i, 150)]);
+    expect(indexes(log.read(10, 1000, 14))).toEqual([10, 11, 12, 13, 14]);
+    expect(indexes(log.read(15, 3, 100))).toEqual([15, 16, 17]);
+    expect(indexes(log.read(18, 1000, 17))).toEqual([]);
+    expect(indexes(log.read(95, 1000))).toEqual([95, 96, 97, 98, 99, 100]);
+    log.close();
   });
 
   it('after a crash at any byte, reopening keeps exactly the records written in full before it (fast-check)', () => {
