@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr';
 import { crc32 } from 'node:zlib';
+import { assert } from './errors.js';
 
 /**
  * Frames between nodes: `[length u32][crc32 of body u32][body]`, the body one msgpack value.
@@ -19,11 +20,38 @@ const packr = new Packr({ useRecords: false });
 
 /** One frame holding `value`, in a buffer of its own. */
 export function encodeFrame(value: unknown): Buffer {
-  const body = packr.pack(value);
-  const frame = Buffer.allocUnsafe(FrameHeaderBytes + body.length);
-  frame.writeUInt32LE(body.length, 0);
-  frame.writeUInt32LE(crc32(body), 4);
-  body.copy(frame, FrameHeaderBytes);
+  return encodeBatchFrame([packMessage(value)], false);
+}
+
+/** `value` as msgpack, in a buffer of its own (the packer reuses its own between calls). */
+export function packMessage(value: unknown): Buffer {
+  return Buffer.from(packr.pack(value));
+}
+
+/** Bytes a batch frame adds around its packed messages (frame header, array header). */
+export const BatchOverheadBytes = FrameHeaderBytes + 5;
+
+/**
+ * One frame from messages packed by `packMessage`: as an array of them (`asArray`), or the one
+ * message itself. The array header is written here, so the messages are not packed again.
+ */
+export function encodeBatchFrame(packed: readonly Buffer[], asArray = true): Buffer {
+  assert(asArray || packed.length === 1, 'a frame without an array holds one message');
+  let bodyBytes = asArray ? 5 : 0;
+  for (const p of packed) bodyBytes += p.length;
+  const frame = Buffer.allocUnsafe(FrameHeaderBytes + bodyBytes);
+  let at = FrameHeaderBytes;
+  if (asArray) {
+    frame.writeUInt8(0xdd, at); // msgpack array 32
+    frame.writeUInt32BE(packed.length, at + 1);
+    at += 5;
+  }
+  for (const p of packed) {
+    p.copy(frame, at);
+    at += p.length;
+  }
+  frame.writeUInt32LE(bodyBytes, 0);
+  frame.writeUInt32LE(crc32(frame.subarray(FrameHeaderBytes)), 4);
   return frame;
 }
 
@@ -36,7 +64,13 @@ export class FrameDecoder {
   private buffered: Buffer[] = [];
   private bufferedBytes = 0;
 
-  constructor(private readonly frameBytesMax: number) {}
+  private decoded = 0;
+
+  constructor(
+    private readonly frameBytesMax: number,
+    /** The limit of the first frame (a hello: an unknown peer gets no big buffer). */
+    private readonly firstFrameBytesMax = frameBytesMax,
+  ) {}
 
   /** Bytes received but not yet part of a whole frame. */
   get pendingBytes(): number {
@@ -51,11 +85,13 @@ export class FrameDecoder {
       if (this.bufferedBytes < FrameHeaderBytes) return out;
       const head = this.peek(FrameHeaderBytes);
       const length = head.readUInt32LE(0);
-      if (length > this.frameBytesMax) throw new FrameError(`a frame of ${length} bytes is over the limit of ${this.frameBytesMax}`);
+      const limit = this.decoded === 0 ? this.firstFrameBytesMax : this.frameBytesMax;
+      if (length > limit) throw new FrameError(`a frame of ${length} bytes is over the limit of ${limit}`);
       if (this.bufferedBytes < FrameHeaderBytes + length) return out;
       const frame = this.take(FrameHeaderBytes + length);
       const body = frame.subarray(FrameHeaderBytes);
       if (crc32(body) !== frame.readUInt32LE(4)) throw new FrameError('a frame failed its checksum');
+      this.decoded++;
       try {
         out.push(packr.unpack(body));
       } catch (err) {

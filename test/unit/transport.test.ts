@@ -106,14 +106,33 @@ describe('Transport', () => {
     expect(b.received.map((r) => r.message)).toEqual(['before', 'after']);
   });
 
+  it('a silent partition is noticed: both ends close the connection and reconnect once it heals', async () => {
+    const ports = new Map([['a', await freePort()], ['b', await freePort()]]);
+    const proxy = await FaultProxy.start({ host: '127.0.0.1', port: ports.get('b')! });
+    cleanups.push(() => proxy.close());
+    const nodes = await startNodesOn(ports, (from, to) => (from === 'a' && to === 'b' ? proxy.port : ports.get(to)!), { pingIntervalMs: 50, idleTimeoutMs: 300 });
+    const a = nodes.get('a')!;
+    const b = nodes.get('b')!;
+    await until(() => a.transport.connected('b') && b.transport.connected('a'));
+    proxy.mode = 'drop'; // bytes vanish both ways; no FIN, no RST
+    await until(() => !a.transport.connected('b') && !b.transport.connected('a'), 3_000);
+    a.transport.send('b', 'queued while cut off');
+    proxy.mode = 'pass';
+    await until(() => b.received.length === 1, 5_000);
+    expect(b.received[0]!.message).toBe('queued while cut off');
+  });
+
   it('a peer that is down has a bounded queue: past it messages are dropped and counted', async () => {
     const ports = new Map([['a', await freePort()], ['b', await freePort()]]);
-    // Only a runs; b never comes up.
+    // Only a runs; b never comes up. Messages are counted at their packed size (249 bytes here).
     const a = await startOne('a', ports, { queueBytesMax: 10_000 });
+    const message = 'x'.repeat(247);
     let accepted = 0;
-    for (let i = 0; i < 100; i++) if (a.transport.send('b', i, 256)) accepted++;
-    expect(accepted).toBe(39);
-    expect(a.counts.dropped).toBe(61);
+    for (let i = 0; i < 100; i++) if (a.transport.send('b', message)) accepted++;
+    expect(accepted).toBe(Math.floor(10_000 / 249));
+    expect(a.counts.dropped).toBe(100 - accepted);
+    // One message larger than a frame can hold is refused outright.
+    expect(a.transport.send('b', 'y'.repeat(2 * 1024 * 1024))).toBe(false);
     expect(a.transport.send('nobody', 1)).toBe(false);
   });
 
@@ -123,7 +142,7 @@ describe('Transport', () => {
     const b = nodes.get('b')!;
     await until(() => a.transport.connected('b'));
     const hello = (over: Record<string, unknown>) => encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, ...over });
-    const badCrc = encodeFrame({ t: 'batch', m: [1] });
+    const badCrc = encodeFrame([1]);
     badCrc.writeUInt8(badCrc.readUInt8(5) ^ 0xff, 5);
     const oversize = Buffer.alloc(8);
     oversize.writeUInt32LE(0xffffffff, 0);
@@ -134,7 +153,9 @@ describe('Transport', () => {
       ['another cluster', hello({ cluster: 'other' })],
       ['another protocol version', hello({ version: ProtocolVersion + 1 })],
       ['an unknown node', hello({ node: 'mallory' })],
-      ['not a hello first', encodeFrame({ t: 'batch', m: ['x'] })],
+      ['not a hello first', encodeFrame(['x'])],
+      ['a hello with fields of the wrong type', hello({ cluster: { toString: 1 } })],
+      ['a big frame before the hello', encodeFrame('z'.repeat(64 * 1024))],
       ['not msgpack', rawFrame(Buffer.from([0xc1]))],
     ];
     const before = b.counts.rejected;
@@ -231,7 +252,7 @@ async function startOne(id: string, ports: Map<string, number>, limits: Partial<
     peers,
     onMessage: (from, message) => received.push({ from, message }),
     log: quiet,
-    limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, ...limits },
+    limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, frameBytesMax: 1024 * 1024, ...limits },
     counters: { framesSent: (n) => (counts.sent += n), framesReceived: (n) => (counts.received += n), dropped: (n) => (counts.dropped += n), rejected: () => counts.rejected++ },
   });
   await transport.start();
@@ -240,11 +261,11 @@ async function startOne(id: string, ports: Map<string, number>, limits: Partial<
 }
 
 /** Starts a node per entry of `ports`, each reaching a peer at `route(self, peer)` (a proxy, say). */
-async function startNodesOn(ports: Map<string, number>, route: (from: string, to: string) => number): Promise<Map<string, Node>> {
+async function startNodesOn(ports: Map<string, number>, route: (from: string, to: string) => number, limits: Partial<TransportLimits> = {}): Promise<Map<string, Node>> {
   const nodes = new Map<string, Node>();
   for (const id of ports.keys()) {
     const seen = new Map([...ports].map(([p, port]) => [p, p === id ? port : route(id, p)] as const));
-    nodes.set(id, await startOne(id, seen));
+    nodes.set(id, await startOne(id, seen, limits));
   }
   return nodes;
 }
