@@ -74,6 +74,13 @@ export class CommandLog {
       void log.close();
       void legacy.close();
     }
+    // wal/0's own entry in wal/ reaches the disk before the only other copy is removed.
+    const dirFd = fs.openSync(legacyDir, 'r');
+    try {
+      fs.fsyncSync(dirFd);
+    } finally {
+      fs.closeSync(dirFd);
+    }
     fs.rmSync(path.join(legacyDir, 'data.mdb'));
     fs.rmSync(path.join(legacyDir, 'lock.mdb'), { force: true });
   }
