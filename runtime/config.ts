@@ -33,7 +33,7 @@ export interface Config {
    * writes (direct), or the logged commands applied again on the host's thread (inline).
    */
   stateWriter: StateWriterMode;
-  /** The direct state writer commits the state store at most this often (ms; 0: every turn). */
+  /** The direct state writer commits the state store at most this often (ms; 0: as soon as the previous commit is done). */
   stateCommitMs: number;
   /** Threads in the piscina pool for exact token counts. */
   tokenizerThreads: number;
@@ -103,7 +103,7 @@ export function loadConfig(env: Env = process.env): Config {
     roundsInflightMax: int(env, 'FASTPACA_ROUNDS_INFLIGHT_MAX', 4, 1, 64),
     bufferedWritesMax: int(env, 'FASTPACA_BUFFERED_WRITES_MAX', 200_000, 1_000, 10_000_000),
     stateWriter: stateWriter(env.FASTPACA_STATE_WRITER),
-    stateCommitMs: int(env, 'FASTPACA_STATE_COMMIT_MS', 100, 0, 1_000),
+    stateCommitMs: int(env, 'FASTPACA_STATE_COMMIT_MS', 0, 0, 1_000),
     tokenizerThreads: int(env, 'FASTPACA_TOKENIZER_THREADS', 1, 1, 64),
     workers: int(env, 'FASTPACA_WORKERS', Math.max(1, os.availableParallelism() - 1), 0, 64),
     mailboxBytes: powerOfTwo(env, 'FASTPACA_MAILBOX_BYTES', 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
