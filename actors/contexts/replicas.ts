@@ -1,0 +1,243 @@
+import { Packr } from 'msgpackr';
+import { FastpacaError, assert } from '../../runtime/errors.js';
+import type { Logger } from '../../runtime/log.js';
+import { decodeConfChange } from '../raft/conf-change.js';
+import type { Random } from '../raft/random.js';
+import { RawNode } from '../raft/raw-node.js';
+import { EntryType, StateRole, type Entry, type Message } from '../raft/types.js';
+import type { RaftWal } from '../raft/wal-storage.js';
+import { applySafely, type MachineOptions } from './state-machine.js';
+import type { StateView } from './state-view.js';
+import type { Command, CommandResult } from './types.js';
+
+export interface ReplicasOptions {
+  /** This node's Raft id in every group it replicates (positive). */
+  raftId: number;
+  /** The groups this thread replicates. */
+  groups: readonly number[];
+  /** Their Raft state: one log for all of them (one fdatasync per round). */
+  wal: RaftWal;
+  /** The state machine's storage: commands are applied through it. */
+  view: StateView;
+  machine: MachineOptions;
+  /** The Raft index up to which `view` already holds group g's commands (0: none). */
+  appliedOf: (group: number) => number;
+  /** The voters a group that has no Raft state yet is founded with. */
+  founders: (group: number) => number[];
+  /** The election timer's randomness, one source per group. */
+  random: (group: number) => Random;
+  log: Logger;
+  /** Proposals waiting for the next round before new ones are refused with 503 `overloaded`. */
+  queuedMax: number;
+  electionTicks?: number;
+  heartbeatTicks?: number;
+}
+
+/** What a round hands back to its caller. */
+export interface RoundResult {
+  /** Messages for other nodes, to send now that the round's writes are durable. */
+  messages: Array<{ group: number; message: Message }>;
+  /** Per group, the Raft index its applied commands now reach (for the state store's stamp). */
+  applied: Map<number, number>;
+}
+
+interface Proposal {
+  cmd: Command;
+  resolve: (r: CommandResult) => void;
+  reject: (err: Error) => void;
+}
+
+interface Waiter {
+  term: number;
+  resolve: (r: CommandResult) => void;
+  reject: (err: Error) => void;
+}
+
+/** Ready passes per round: a single voter needs two (persist, then apply what that committed). */
+const PassesMax = 8;
+
+/**
+ * The Raft groups of one thread, each a RawNode over the thread's RaftWal, applying committed
+ * commands to the context state machine and answering their proposers. A round is the Ready
+ * contract for all groups at once: persist every group's Ready with one `wal.persist()` (one
+ * write and one fdatasync, on this thread), then hand out the messages, then apply the committed
+ * entries in order, then advance. A proposal is answered when its entry is applied with the
+ * term it was proposed in; if another term's entry takes its index, or its group's leader steps
+ * down first, it is answered 503 `unavailable` (it may still be applied later, once: the 503
+ * contract, exact with an idempotency key).
+ *
+ * Not wired into the node yet (docs/replication.md). What the cluster adds on top: messages
+ * from peers (`step`), ticks, and installing a leader's snapshot into the state store, which
+ * this class refuses until then.
+ */
+export class GroupReplicas {
+  private readonly nodes = new Map<number, RawNode>();
+  private readonly packr = new Packr({ useRecords: false });
+  /** Proposals for the next round, per group, in arrival order. */
+  private queued = new Map<number, Proposal[]>();
+  private queuedCount = 0;
+  /** Proposals in the log, waiting to be applied: per group, by index. */
+  private readonly waiting = new Map<number, Map<number, Waiter>>();
+  /** Set when the log could not be written: nothing is proposed or persisted any more. */
+  private failed: Error | undefined;
+
+  constructor(private readonly opts: ReplicasOptions) {
+    let founded = false;
+    for (const g of opts.groups) {
+      const storage = opts.wal.group(g);
+      if (!storage.hasState()) {
+        storage.bootstrap({ voters: opts.founders(g), learners: [] });
+        founded = true;
+      }
+    }
+    if (founded) opts.wal.persist();
+    for (const g of opts.groups) {
+      const storage = opts.wal.group(g);
+      const applied = Math.max(opts.appliedOf(g), storage.snapshot().meta.index);
+      const hs = storage.hardState();
+      if (applied > hs.commit) {
+        // The state store is ahead of the persisted commit index (a commit-only change is not
+        // fsynced). Nothing is applied before it is committed and in the local log, so it was.
+        assert(applied <= storage.lastIndex(), `group ${g}: the state store holds index ${applied}, beyond its Raft log (${storage.lastIndex()}): the data directory is inconsistent`);
+        storage.setHardState({ ...hs, commit: applied });
+      }
+      this.nodes.set(
+        g,
+        new RawNode({
+          id: opts.raftId,
+          storage,
+          random: opts.random(g),
+          applied,
+          ...(opts.electionTicks === undefined ? {} : { electionTicks: opts.electionTicks }),
+          ...(opts.heartbeatTicks === undefined ? {} : { heartbeatTicks: opts.heartbeatTicks }),
+        }),
+      );
+      this.waiting.set(g, new Map());
+    }
+  }
+
+  /** A group whose only voter is this node elects itself at once instead of after a timeout. */
+  campaignAlone(): void {
+    for (const node of this.nodes.values()) {
+      const { voters } = node.status().conf;
+      if (voters.length === 1 && voters[0] === this.opts.raftId && node.raft.role !== StateRole.Leader) node.campaign();
+    }
+  }
+
+  /** Whether this node leads `group` now. */
+  leads(group: number): boolean {
+    return this.nodes.get(group)?.raft.role === StateRole.Leader;
+  }
+
+  /** Queues `cmd` for `group`'s next round; resolves once it is applied. */
+  propose(group: number, cmd: Command): Promise<CommandResult> {
+    if (this.failed) return Promise.reject(unavailable('the Raft log cannot be written; the node must restart'));
+    if (!this.nodes.has(group)) return Promise.reject(unavailable(`group ${group} is not replicated here`));
+    if (this.queuedCount >= this.opts.queuedMax) return Promise.reject(new FastpacaError('overloaded', 'too many writes are waiting; retry shortly', { retryAfterS: 1 }));
+    return new Promise((resolve, reject) => {
+      let list = this.queued.get(group);
+      if (list === undefined) this.queued.set(group, (list = []));
+      list.push({ cmd, resolve, reject });
+      this.queuedCount++;
+    });
+  }
+
+  /** Proposes what is queued, then runs the Ready contract for every group that has one. */
+  round(): RoundResult {
+    const result: RoundResult = { messages: [], applied: new Map() };
+    if (this.failed) return result;
+    this.proposeQueued();
+    for (let pass = 0; pass < PassesMax; pass++) {
+      const readies: Array<{ g: number; node: RawNode; rd: ReturnType<RawNode['ready']> }> = [];
+      for (const [g, node] of this.nodes) if (node.hasReady()) readies.push({ g, node, rd: node.ready() });
+      if (readies.length === 0) break;
+      let sync = false;
+      for (const { g, rd } of readies) {
+        const storage = this.opts.wal.group(g);
+        if (rd.snapshot) {
+          // Installing a leader's snapshot needs the state store's range copy (the cluster's).
+          throw new Error(`group ${g}: installing a snapshot from a leader is not supported before the cluster is`);
+        }
+        storage.append(rd.entries);
+        if (rd.hardState) storage.setHardState(rd.hardState);
+        sync ||= rd.mustSync;
+      }
+      if (sync) {
+        try {
+          this.opts.wal.persist();
+        } catch (err) {
+          this.fail(err);
+          return result;
+        }
+      }
+      for (const { g, rd } of readies) for (const message of rd.messages) result.messages.push({ group: g, message });
+      for (const { g, node, rd } of readies) {
+        for (const e of rd.committedEntries) this.applyEntry(g, node, e);
+        if (rd.committedEntries.length > 0) result.applied.set(g, rd.committedEntries[rd.committedEntries.length - 1]!.index);
+        // A leader that stepped down will not commit what it was asked: say so now.
+        if (rd.softState !== undefined && rd.softState.role !== StateRole.Leader) this.failWaiters(g, 'the group lost its leader; retry');
+        node.advance();
+      }
+    }
+    return result;
+  }
+
+  private proposeQueued(): void {
+    const queued = this.queued;
+    this.queued = new Map();
+    this.queuedCount = 0;
+    for (const [g, list] of queued) {
+      const node = this.nodes.get(g)!;
+      if (node.raft.role !== StateRole.Leader) {
+        const err = unavailable(`this node does not lead group ${g} now; retry`);
+        for (const p of list) p.reject(err);
+        continue;
+      }
+      const r = node.proposeBatch(list.map((p) => Uint8Array.prototype.slice.call(this.packr.pack(p.cmd))));
+      if (!r.ok) {
+        const err = r.reason === 'overloaded' ? new FastpacaError('overloaded', 'too many writes are waiting for this group; retry shortly', { retryAfterS: 1 }) : unavailable(`group ${g} refused the write (${r.reason}); retry`);
+        for (const p of list) p.reject(err);
+        continue;
+      }
+      const waiting = this.waiting.get(g)!;
+      list.forEach((p, i) => waiting.set(r.index + i, { term: r.term, resolve: p.resolve, reject: p.reject }));
+    }
+  }
+
+  private applyEntry(g: number, node: RawNode, e: Entry): void {
+    const waiter = this.waiting.get(g)!.get(e.index);
+    if (waiter !== undefined) this.waiting.get(g)!.delete(e.index);
+    if (e.type === EntryType.ConfChange) {
+      node.applyConfChange(decodeConfChange(e.data));
+      return;
+    }
+    if (e.data.byteLength === 0) {
+      // A new leader's empty entry; a proposal waiting at this index was replaced.
+      waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
+      return;
+    }
+    const cmd = this.packr.unpack(e.data) as Command;
+    const result = applySafely(this.opts.view, cmd, this.opts.machine, (err) => this.opts.log.error('apply failed', { err, kind: cmd.t, id: cmd.id, group: g, index: e.index }));
+    if (waiter === undefined) return;
+    if (waiter.term !== e.term) return waiter.reject(unavailable('the write was replaced by a new leader; retry'));
+    if (result instanceof Error) waiter.reject(result);
+    else waiter.resolve(result);
+  }
+
+  private failWaiters(g: number, why: string): void {
+    const waiting = this.waiting.get(g)!;
+    const err = unavailable(why);
+    for (const w of waiting.values()) w.reject(err);
+    waiting.clear();
+  }
+
+  private fail(err: unknown): void {
+    this.failed = err instanceof Error ? err : new Error(String(err));
+    this.opts.log.error('the Raft log cannot be written; refusing writes until restart', { err });
+    for (const g of this.nodes.keys()) this.failWaiters(g, 'the node cannot write to its storage');
+  }
+}
+
+function unavailable(message: string): FastpacaError {
+  return new FastpacaError('unavailable', message, { retryAfterS: 1 });
+}
