@@ -32,6 +32,10 @@ const SCENARIOS: Record<string, { describe: string; run: Scenario }> = {
     describe: 'messages between two threads through the shared-memory ring, against worker.postMessage',
     run: (args) => runMailboxBench(args.json),
   },
+  replicas: {
+    describe: 'one worker\'s write path as Raft groups over RaftWal against the command log, same rounds, real fdatasync',
+    run: async (args) => (await import('./replicas.js')).runReplicasBench(args.json, args.durationS),
+  },
   raft: {
     describe: 'entries/s through a 3-node in-memory Raft cluster on one thread (the core alone)',
     run: async (args) => (await import('../actors/raft/bench.js')).benchRaft({ json: args.json, durationS: args.durationS }),

@@ -80,6 +80,11 @@ export class GroupReplicas {
   private readonly waiting = new Map<number, Map<number, Waiter>>();
   /** Set when the log could not be written: nothing is proposed or persisted any more. */
   private failed: Error | undefined;
+  /**
+   * Groups that may have a Ready: those proposed to, campaigned, or handed a Ready in the last
+   * pass (advance can make another). A round looks only at these, not at every group.
+   */
+  private active = new Set<number>();
 
   constructor(private readonly opts: ReplicasOptions) {
     let founded = false;
@@ -122,6 +127,7 @@ export class GroupReplicas {
       const { voters } = node.status().conf;
       if (voters.length === 1 && voters[0] === this.opts.raftId && node.raft.role !== StateRole.Leader) node.campaign();
     }
+    for (const g of this.nodes.keys()) this.active.add(g);
   }
 
   /** Whether this node leads `group` now. */
@@ -149,7 +155,11 @@ export class GroupReplicas {
     this.proposeQueued();
     for (let pass = 0; pass < PassesMax; pass++) {
       const readies: Array<{ g: number; node: RawNode; rd: ReturnType<RawNode['ready']> }> = [];
-      for (const [g, node] of this.nodes) if (node.hasReady()) readies.push({ g, node, rd: node.ready() });
+      for (const g of this.active) {
+        const node = this.nodes.get(g)!;
+        if (node.hasReady()) readies.push({ g, node, rd: node.ready() });
+      }
+      this.active = new Set(readies.map((r) => r.g));
       if (readies.length === 0) break;
       let sync = false;
       for (const { g, rd } of readies) {
@@ -188,6 +198,7 @@ export class GroupReplicas {
     this.queuedCount = 0;
     for (const [g, list] of queued) {
       const node = this.nodes.get(g)!;
+      this.active.add(g);
       if (node.raft.role !== StateRole.Leader) {
         const err = unavailable(`this node does not lead group ${g} now; retry`);
         for (const p of list) p.reject(err);
