@@ -66,9 +66,10 @@ const PassesMax = 8;
  * down first, it is answered 503 `unavailable` (it may still be applied later, once: the 503
  * contract, exact with an idempotency key).
  *
- * Not wired into the node yet (docs/replication.md). What the cluster adds on top: messages
- * from peers (`step`), ticks, and installing a leader's snapshot into the state store, which
- * this class refuses until then.
+ * Not wired into the node yet (docs/replication.md). What the cluster adds on top: carrying
+ * `step`'s messages and the round's between nodes, ticking, and installing a leader's snapshot
+ * into the state store, which this class refuses until then (no log is compacted before the
+ * state store holds it, so only a replica that fell behind a compaction would need one).
  */
 export class GroupReplicas {
   private readonly nodes = new Map<number, RawNode>();
@@ -128,6 +129,22 @@ export class GroupReplicas {
       if (voters.length === 1 && voters[0] === this.opts.raftId && node.raft.role !== StateRole.Leader) node.campaign();
     }
     for (const g of this.nodes.keys()) this.active.add(g);
+  }
+
+  /** One tick of every group's clock (elections, heartbeats). */
+  tick(): void {
+    for (const [g, node] of this.nodes) {
+      node.tick();
+      this.active.add(g);
+    }
+  }
+
+  /** A message from a peer for `group` (validated by the transport); unknown groups are ignored. */
+  step(group: number, message: Message): void {
+    const node = this.nodes.get(group);
+    if (node === undefined) return;
+    node.step(message);
+    this.active.add(group);
   }
 
   /** Whether this node leads `group` now. */
