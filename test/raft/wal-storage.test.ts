@@ -202,42 +202,8 @@ function harness(g = 7): { s: WalGroupStorage; sync: () => number; reopen: () =>
   };
 }
 
-describe('WalGroupStorage: storage conformance', () => {
-  it('starts empty: index 0, term 0, no members', () => {
-    const { s, sync } = harness();
-    expect(s.firstIndex()).toBe(1);
-    expect(s.lastIndex()).toBe(0);
-    expect(s.term(0)).toBe(0);
-    expect(s.initialState()).toEqual({ hardState: { term: 0, vote: 0, commit: 0 }, confState: { voters: [], learners: [] } });
-    expect(s.snapshot().meta).toEqual({ index: 0, term: 0, conf: { voters: [], learners: [] } });
-    expect(sync()).toBe(0);
-  });
-
-  it('appends, reads back within a byte limit, and truncates a conflicting suffix', () => {
-    const { s, sync, reopen } = harness();
-    s.applySnapshot(bootstrapSnapshot(conf3));
-    s.append(ents(2, 10, 2));
-    expect(sync()).toBe(1);
-    expect(s.firstIndex()).toBe(2);
-    expect(s.lastIndex()).toBe(10);
-    expect(s.term(1)).toBe(1);
-    expect(s.term(7)).toBe(2);
-    expect(s.entries(2, 11, Infinity).map((e) => e.index)).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10]);
-    expect(s.entries(2, 11, 1).length).toBe(1);
-    expect(s.entries(2, 11, 2 * (16 + 5)).length).toBe(2);
-    s.append(ents(6, 7, 3));
-    sync();
-    expect(s.lastIndex()).toBe(7);
-    expect(s.entries(5, 8, Infinity).map((e) => [e.index, e.term])).toEqual([[5, 2], [6, 3], [7, 3]]);
-    expect(new TextDecoder().decode(s.entries(7, 8, Infinity)[0]!.data)).toBe('e7t3');
-    const before = dump(s);
-    const again = reopen();
-    expect(dump(again)).toEqual(before);
-    const e7 = again.entries(7, 8, Infinity)[0]!;
-    expect(e7.data).toBeInstanceOf(Uint8Array);
-    expect(new TextDecoder().decode(e7.data)).toBe('e7t3');
-  });
-
+// The cases every storage shares run in storage.test.ts; these are RaftWal's own rules.
+describe('WalGroupStorage: its own rules', () => {
   it('keeps hard state and membership, and refuses to move the term back, change a vote or lower commit', () => {
     const { s, sync, reopen } = harness();
     s.applySnapshot(bootstrapSnapshot(conf3));
@@ -287,37 +253,6 @@ describe('WalGroupStorage: storage conformance', () => {
     expect(() => sync()).toThrow(/commit 12 ≤ last index 9/);
   });
 
-  it('installs a snapshot from the leader, replacing the whole log', () => {
-    const { s, sync, reopen } = harness();
-    s.applySnapshot(bootstrapSnapshot(conf3));
-    s.append(ents(2, 9, 2));
-    sync();
-    s.applySnapshot({ meta: { index: 30, term: 5, conf: { voters: [1, 2, 3], learners: [4] } }, data: enc('s30') });
-    sync();
-    expect(s.firstIndex()).toBe(31);
-    expect(s.lastIndex()).toBe(30);
-    expect(s.term(30)).toBe(5);
-    expect(s.initialState().confState).toEqual({ voters: [1, 2, 3], learners: [4] });
-    expect(() => s.applySnapshot({ meta: { index: 20, term: 4, conf: conf3 }, data: enc('old') })).toThrow(/newer/);
-    s.append(ents(31, 33, 5));
-    sync();
-    const again = reopen();
-    expect(again.firstIndex()).toBe(31);
-    expect(again.lastIndex()).toBe(33);
-    expect(again.entries(31, 34, Infinity).map((e) => e.term)).toEqual([5, 5, 5]);
-    expect(new TextDecoder().decode(again.snapshot().data)).toBe('s30');
-  });
-
-  it('skips entries the snapshot already covers', () => {
-    const { s, sync, reopen } = harness();
-    s.applySnapshot({ meta: { index: 10, term: 3, conf: conf3 }, data: enc('s') });
-    s.append(ents(8, 12, 3));
-    sync();
-    expect(s.firstIndex()).toBe(11);
-    expect(s.lastIndex()).toBe(12);
-    expect(dump(reopen())).toEqual(dump(s));
-  });
-
   it('rejects gaps, non-consecutive entries and terms that go back', () => {
     const { s } = harness();
     s.applySnapshot(bootstrapSnapshot(conf3));
@@ -338,40 +273,6 @@ describe('WalGroupStorage: storage conformance', () => {
     s.append(ents(5, 6, 2)); // above commit: fine
     s.append(ents(3, 6, 1).slice(0, 2).concat(ents(5, 6, 2))); // re-sent committed prefix, same terms
     expect(s.entries(2, 7, Infinity).map((e) => e.term)).toEqual([1, 1, 1, 2, 2]);
-  });
-
-  it('a node restarts from it with its term, vote, commit and log', () => {
-    const { s, sync, reopen } = harness();
-    s.applySnapshot(bootstrapSnapshot({ voters: [1], learners: [] }));
-    s.setHardState({ term: 1, vote: 0, commit: 1 });
-    sync();
-    let raw = new RawNode({ id: 1, storage: s, random: new Xoshiro128(1) });
-    raw.campaign();
-    for (let i = 0; i < 5; i++) {
-      if (!raw.hasReady()) break;
-      const rd = raw.ready();
-      s.append(rd.entries);
-      if (rd.hardState) s.setHardState(rd.hardState);
-      sync();
-      raw.advance();
-    }
-    expect(raw.raft.role).toBe(StateRole.Leader);
-    expect(raw.propose(enc('x')).ok).toBe(true);
-    const rd = raw.ready();
-    s.append(rd.entries);
-    if (rd.hardState) s.setHardState(rd.hardState);
-    sync();
-    raw.advance();
-    const rd2 = raw.ready();
-    if (rd2.hardState) s.setHardState(rd2.hardState);
-    sync();
-    raw.advance();
-    const term = raw.raft.term;
-    raw = new RawNode({ id: 1, storage: reopen(), random: new Xoshiro128(2) });
-    expect(raw.raft.term).toBe(term);
-    expect(raw.raft.vote).toBe(1);
-    expect(raw.raft.log.committed).toBe(3);
-    expect(raw.raft.log.lastIndex()).toBe(3);
   });
 
   it('a group founded once stays founded', () => {
