@@ -86,6 +86,8 @@ export class GroupReplicas {
    * pass (advance can make another). A round looks only at these, not at every group.
    */
   private active = new Set<number>();
+  /** A conf change was applied this round: its membership must be persisted before the round ends. */
+  private confChanged = false;
 
   constructor(private readonly opts: ReplicasOptions) {
     let founded = false;
@@ -119,6 +121,8 @@ export class GroupReplicas {
         }),
       );
       this.waiting.set(g, new Map());
+      // A restarted group has committed entries to apply before anything else happens to it.
+      this.active.add(g);
     }
   }
 
@@ -165,10 +169,24 @@ export class GroupReplicas {
     });
   }
 
-  /** Proposes what is queued, then runs the Ready contract for every group that has one. */
+  /**
+   * Proposes what is queued, then runs the Ready contract for every group that has one. A throw
+   * (a bug, or storage refusing) fails the whole set: Readies handed out and not advanced would
+   * otherwise wedge their groups.
+   */
   round(): RoundResult {
     const result: RoundResult = { messages: [], applied: new Map() };
     if (this.failed) return result;
+    try {
+      this.runRound(result);
+    } catch (err) {
+      this.fail(err);
+      throw err;
+    }
+    return result;
+  }
+
+  private runRound(result: RoundResult): void {
     this.proposeQueued();
     for (let pass = 0; pass < PassesMax; pass++) {
       const readies: Array<{ g: number; node: RawNode; rd: ReturnType<RawNode['ready']> }> = [];
@@ -181,22 +199,13 @@ export class GroupReplicas {
       let sync = false;
       for (const { g, rd } of readies) {
         const storage = this.opts.wal.group(g);
-        if (rd.snapshot) {
-          // Installing a leader's snapshot needs the state store's range copy (the cluster's).
-          throw new Error(`group ${g}: installing a snapshot from a leader is not supported before the cluster is`);
-        }
+        // Installing a leader's snapshot needs the state store's range copy (the cluster's).
+        assert(rd.snapshot === undefined, `group ${g}: installing a snapshot from a leader is not supported before the cluster is`);
         storage.append(rd.entries);
         if (rd.hardState) storage.setHardState(rd.hardState);
         sync ||= rd.mustSync;
       }
-      if (sync) {
-        try {
-          this.opts.wal.persist();
-        } catch (err) {
-          this.fail(err);
-          return result;
-        }
-      }
+      if (sync && !this.persist()) return;
       for (const { g, rd } of readies) for (const message of rd.messages) result.messages.push({ group: g, message });
       for (const { g, node, rd } of readies) {
         for (const e of rd.committedEntries) this.applyEntry(g, node, e);
@@ -206,7 +215,21 @@ export class GroupReplicas {
         node.advance();
       }
     }
-    return result;
+    if (this.confChanged) {
+      this.confChanged = false;
+      this.persist();
+    }
+  }
+
+  /** One write and one fdatasync for every group; a storage failure fails the set (no throw). */
+  private persist(): boolean {
+    try {
+      this.opts.wal.persist();
+      return true;
+    } catch (err) {
+      this.fail(err);
+      return false;
+    }
   }
 
   private proposeQueued(): void {
@@ -236,7 +259,12 @@ export class GroupReplicas {
     const waiter = this.waiting.get(g)!.get(e.index);
     if (waiter !== undefined) this.waiting.get(g)!.delete(e.index);
     if (e.type === EntryType.ConfChange) {
-      node.applyConfChange(decodeConfChange(e.data));
+      // The membership is the Raft log's to keep (the state store's applied index may pass this
+      // entry, and then it is not applied again after a restart); persisted before the round ends.
+      this.opts.wal.group(g).setConfState(node.applyConfChange(decodeConfChange(e.data)), e.index);
+      this.confChanged = true;
+      // Proposals are commands; one waiting at this index was replaced by another term's entry.
+      waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
       return;
     }
     if (e.data.byteLength === 0) {
@@ -260,6 +288,7 @@ export class GroupReplicas {
   }
 
   private fail(err: unknown): void {
+    if (this.failed) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
     this.opts.log.error('the Raft log cannot be written; refusing writes until restart', { err });
     for (const g of this.nodes.keys()) this.failWaiters(g, 'the node cannot write to its storage');

@@ -583,6 +583,8 @@ class ReplayGroup {
   run: Entry[] = [];
   /** Appears in a checkpoint. */
   anchored = false;
+  /** Where its newest record says its log ends; replay must arrive there (else records are missing). */
+  expectedLast: number | undefined;
 
   constructor(
     readonly g: number,
@@ -669,6 +671,7 @@ class ReplayGroup {
         assert(t !== undefined && t >= this.meta.term, `replay: group ${g}'s last term is known and ≥ the compaction point's`);
       }
       this.pins.truncate(l);
+      this.expectedLast = l;
     }
   }
 
@@ -701,6 +704,7 @@ class ReplayGroup {
     }
     this.pins.checkpoint(m.index, p.l, hasData, p.e !== undefined || p.s !== undefined, w);
     this.anchored = true;
+    this.expectedLast = p.l;
   }
 
   /** Checks the state replay arrived at (see "Replay" at the top). */
@@ -710,6 +714,7 @@ class ReplayGroup {
     const lo = this.run[0]?.index;
     assert(lo === undefined || lo === this.meta.index + 1, `replay: group ${g}'s entries ${this.meta.index + 1}..${(lo ?? 0) - 1} are missing from the log`);
     assert(!this.dataMissing, `replay: group ${g}'s snapshot data at ${this.meta.index} is missing from the log`);
+    assert(this.expectedLast === undefined || this.last() === this.expectedLast, `replay: group ${g}'s log ends at ${this.expectedLast} but its entries after ${this.last()} are missing from the log`);
     this.pins.setLast(this.last());
     this.pins.trim(this.meta.index);
   }

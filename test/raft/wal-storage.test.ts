@@ -731,3 +731,42 @@ describe('RaftWal', () => {
     expect(wal.group(65_535).group).toBe(65_535);
   });
 });
+
+describe('RaftWal damage', () => {
+  it('refuses a directory that lost a middle segment holding a group\'s entries, rather than dropping them', () => {
+    const dir = newDir();
+    const segmentBytesMax = 4096;
+    let wal = openWal(dir, { segmentBytesMax });
+    const g = wal.group(1);
+    const busy = wal.group(2);
+    g.bootstrap(conf3);
+    busy.bootstrap(conf3);
+    wal.persist();
+    const e = (i: number, n: number, t = 1): Entry => ({ term: t, index: i, type: EntryType.Normal, data: new Uint8Array(n) });
+    const round = () => {
+      const l = busy.lastIndex();
+      busy.append([e(l + 1, 300)]);
+      busy.setHardState({ term: 1, vote: 0, commit: l + 1 });
+      busy.compact(l);
+      wal.persist();
+    };
+    for (let k = 0; k < 30; k++) round();
+    const gRecord = wal.stats().nextRecord;
+    // Group 1 takes entries 2..6 (say, from a leader that counts on them) and then stays idle.
+    g.append([2, 3, 4, 5, 6].map((i) => e(i, 50, 2)));
+    g.setHardState({ term: 2, vote: 3, commit: 1 });
+    wal.persist();
+    const before = wal.stats().lastCheckpoint;
+    while (wal.stats().lastCheckpoint === before) round();
+    const checkpoint = wal.stats().lastCheckpoint;
+    for (let k = 0; k < 3; k++) round();
+    wal.close();
+    // Damage, not a crash: the segments from group 1's record up to the checkpoint are lost.
+    const segs = segFiles(dir);
+    const first = (f: string) => Number(f.slice(0, 20));
+    const holding = (w: number) => segs.filter((f) => first(f) <= w).at(-1)!;
+    for (const f of segs) if (first(f) >= first(holding(gRecord)) && first(f) < first(holding(checkpoint))) fs.rmSync(path.join(dir, f));
+    expect(segFiles(dir).length).toBeLessThan(segs.length);
+    expect(() => (wal = RaftWal.open(dir, { segmentBytesMax }))).toThrow(/log ends at 6 but its entries after 1 are missing/);
+  });
+});
