@@ -151,6 +151,23 @@ export class GroupReplicas {
     this.active.add(group);
   }
 
+  /**
+   * The state store holds each group's commands durably up to `applied` (its stamp is on disk):
+   * those entries leave the Raft log's memory, and log segments no group needs any more are
+   * deleted. Without this the log and its memory only grow. (With peers, a lagging follower's
+   * entries are kept up to a bound, then it gets a snapshot: the cluster's part.)
+   */
+  compactTo(applied: ReadonlyMap<number, number>): void {
+    if (this.failed) return;
+    for (const [g, index] of applied) {
+      const storage = this.opts.wal.group(g);
+      if (!this.nodes.has(g) || index <= storage.snapshot().meta.index) continue;
+      assert(index <= storage.hardState().commit, `group ${g}: only committed entries are compacted (${index} > ${storage.hardState().commit})`);
+      storage.compact(index);
+    }
+    this.opts.wal.collect();
+  }
+
   /** Whether this node leads `group` now. */
   leads(group: number): boolean {
     return this.nodes.get(group)?.raft.role === StateRole.Leader;
