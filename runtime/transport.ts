@@ -80,13 +80,6 @@ interface Hello {
   version: number;
 }
 
-/**
- * After the hello, a frame's body is a msgpack array of messages: the messages of one
- * event-loop turn to one peer (an empty array is a ping). The transport packs each message when
- * it is queued, so queues are bounded by their real size, and builds the array from the packed
- * messages without packing them again.
- */
-
 class Peer {
   socket: net.Socket | undefined;
   /** A dial in progress (closed with the transport). */
@@ -112,7 +105,9 @@ class Peer {
  * The TCP transport between the nodes of a cluster: one connection per node pair (the node
  * with the smaller id dials, the other accepts), a handshake that checks cluster id, node id
  * and protocol version, then length-prefixed msgpack frames with a checksum. The messages sent
- * to a peer in one event-loop turn leave as one frame (or a few, each under the frame limit).
+ * to a peer in one event-loop turn leave as one frame (or a few, each under the frame limit):
+ * after the hello a frame's body is a msgpack array of messages (an empty one is a ping), built
+ * from messages packed when they were queued, so they are not packed twice.
  * Queues are bounded by their packed bytes: past the limit new messages are dropped and counted
  * (consensus messages are retried by Raft itself), never buffered without bound. A malformed or
  * hostile frame closes that connection and nothing else; so does a connection that stays silent

@@ -67,7 +67,10 @@ export class CommandLog {
         if (log.nextIndex < key && batch.length === 0) log.skipTo(key);
         assert(key === log.nextIndex + batch.length, 'the legacy command log holds consecutive indexes');
         batch.push(value);
-        if (batch.length >= LegacyBatch) batch = log.appendOrThrow(batch);
+        if (batch.length >= LegacyBatch) {
+          log.appendOrThrow(batch);
+          batch = [];
+        }
       }
       if (batch.length > 0) log.appendOrThrow(batch);
     } finally {
@@ -126,9 +129,8 @@ export class CommandLog {
   }
 
   /** Appends and syncs, or throws. pack() reuses its buffer: each record is copied out. */
-  private appendOrThrow(cmds: Command[]): Command[] {
+  private appendOrThrow(cmds: Command[]): void {
     this.segments.append(cmds.map((c) => Uint8Array.prototype.slice.call(this.packr.pack(c))));
-    return [];
   }
 
   /** Entries with index >= from (and <= upTo), ascending, at most `limit`. */
@@ -139,10 +141,9 @@ export class CommandLog {
   }
 
   /** Forgets entries with index <= upTo (their files go once a whole segment is forgotten). */
-  truncate(upTo: number): Promise<boolean> {
+  truncate(upTo: number): void {
     this.forgottenUpTo = Math.max(this.forgottenUpTo, upTo);
     this.segments.truncatePrefix(upTo);
-    return Promise.resolve(true);
   }
 
   close(): Promise<void> {

@@ -37,7 +37,7 @@ export interface HostOptions {
   roundsInflightMax: number;
   /** Writes held in memory ahead of the state store before new rounds wait. */
   bufferedWritesMax: number;
-  /** Starts what keeps the state store following the command log (a thread of its own). */
+  /** Starts what keeps the state store following the command log. */
   stateWriter: StateWriterFactory;
   /** The groups this host serves (listing skips the others); all when undefined. */
   owns?: ((group: number) => boolean) | undefined;
@@ -66,9 +66,9 @@ interface Round {
  *   3. answer: every caller of the round gets its result.
  *
  * Nothing is acknowledged before it is on disk, and nothing is applied (so nothing is readable)
- * before it is on disk either: a read never sees a write that a crash could lose. Rounds are
- * pipelined (the next is logged while one is being synced). Behind them the state writer, on
- * a thread of its own, applies the same logged commands to the state store and says how far it
+ * before it is on disk either: a read never sees a write that a crash could lose. The log is
+ * written and synced on this thread, so requests that arrive meanwhile make up the next round.
+ * Behind the rounds the state writer brings the state store up to the host and says how far it
  * is; the host then releases those writes, and the log forgets what the store holds durably.
  * After a crash the log's tail is applied from the store's applied index (see `recover`).
  */
@@ -86,7 +86,6 @@ export class GroupHost {
   /** Writes of applied rounds, by the index of their last command, until the store holds them. */
   private readonly unreleased: Array<{ index: number; writes: PendingWrite[] }> = [];
   private writer!: StateWriter;
-  private truncating = false;
   /**
    * Tokenizers of recently seen contexts, so preparing an append does not read and decode the
    * whole record (apply reads it anyway). Refreshed when a put is applied; a stale entry only
@@ -253,7 +252,7 @@ export class GroupHost {
   /** The state store holds every command up to index: its writes need not stay in memory. */
   private persisted(index: number): void {
     if (this.failed) return;
-    this.store.root.resetReadTxn(); // see what the writer thread committed before letting go
+    this.store.root.resetReadTxn(); // see what lmdb-js's write thread committed before letting go
     while (this.unreleased.length > 0 && this.unreleased[0]!.index <= index) this.buffer.release(this.unreleased.shift()!.writes);
     metrics.bufferedWrites.set(this.buffer.size);
     this.pump();
@@ -261,13 +260,15 @@ export class GroupHost {
 
   /** …and has them on disk: the command log may forget them. */
   private durable(index: number): void {
-    if (this.truncating || this.failed) return;
-    this.truncating = true;
-    void this.log
-      .truncate(index)
-      .catch((err: unknown) => this.opts.log.warn('command log truncation failed; will retry', { err }))
-      .finally(() => (this.truncating = false));
+    if (this.failed) return;
+    try {
+      this.log.truncate(index);
+    } catch (err) {
+      // Deleting old segments failed (the next durable index tries again); nothing is lost.
+      this.opts.log.warn('command log truncation failed; will retry', { err });
+    }
   }
+
 
   /** The state store cannot follow the log in this process: stop writes. Everything answered is
    * in the log and is applied at the next start. */
@@ -303,7 +304,7 @@ export async function recover(store: LmdbStore, log: CommandLog, machine: Machin
   const applier = new LogApplier(store, log, machine, logger);
   const replayed = applier.applyUpTo();
   const applied = await applier.durable();
-  while (!(await log.truncate(applied)));
+  log.truncate(applied);
   log.skipTo(applied + 1);
   return replayed;
 }

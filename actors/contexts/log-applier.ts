@@ -39,7 +39,7 @@ export class LogApplier {
 
   /**
    * Applies logged commands after the store's index, up to `upTo` (all of the log when
-   * undefined). Synchronous: on the node it runs on its own thread. Returns the commands applied.
+   * undefined). Synchronous. Returns the commands applied.
    */
   applyUpTo(upTo?: number): number {
     let count = 0;
