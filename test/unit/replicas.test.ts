@@ -227,12 +227,18 @@ describe('GroupReplicas on three nodes (in-process network, real logs)', () => {
     throw new Error(`no leader took ${cmd.t} ${cmd.id}`);
   }
 
-  it('replicates the context state machine: every replica holds what applying the commands directly gives', async () => {
+  /** Three replicas on fresh logs, run until they have elected their leaders. */
+  function cluster(seed: number): { dir: string; nodes: Map<number, Replica>; down: Set<number> } {
     const dir = tempDir();
     dirs.push(dir);
-    const nodes = new Map(ids.map((id) => [id, start(dir, id, 1)] as const));
+    const nodes = new Map(ids.map((id) => [id, start(dir, id, seed)] as const));
     const down = new Set<number>();
     pump(nodes, down, 60);
+    return { dir, nodes, down };
+  }
+
+  it('replicates the context state machine: every replica holds what applying the commands directly gives', async () => {
+    const { nodes, down } = cluster(1);
     const names = Array.from({ length: 8 }, (_, i) => `r${i}`);
     const cmds: Command[] = [...names.map(put), ...Array.from({ length: 40 }, (_, k) => append(names[k % names.length]!, k))];
     const oracle = new MemoryView(Groups);
@@ -243,11 +249,7 @@ describe('GroupReplicas on three nodes (in-process network, real logs)', () => {
   });
 
   it('a crashed node leaves the others writable; restarted from its log, it catches up to the same state', async () => {
-    const dir = tempDir();
-    dirs.push(dir);
-    const nodes = new Map(ids.map((id) => [id, start(dir, id, 2)] as const));
-    const down = new Set<number>();
-    pump(nodes, down, 60);
+    const { dir, nodes, down } = cluster(2);
     const names = Array.from({ length: 8 }, (_, i) => `k${i}`);
     const oracle = new MemoryView(Groups);
     const run = async (cmds: Command[]) => {
