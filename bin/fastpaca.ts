@@ -10,6 +10,8 @@ commands:
   serve                         run a node configured from the environment (see docs/operations.md)
   bench <scenario> [--url U] [--json] [--duration S] [--connections N]
                                 run a benchmark scenario (scenarios: append, mailbox, raft)
+  cluster [--nodes N] [--base-port P] [--dir D]
+                                run a local cluster of N nodes (HTTP on P+i, cluster port P+100+i)
   sim [--seeds N] [--start S] [--steps M] [--trace]
                                 run the deterministic Raft simulator; exits 1 on a violation
 `;
@@ -57,6 +59,8 @@ async function main(argv: string[]): Promise<number> {
       return serve();
     case 'bench':
       return bench(rest);
+    case 'cluster':
+      return (await import('../runtime/local-cluster.js')).clusterCommand(rest);
     case 'sim':
       return (await import('../actors/raft/sim/cli.js')).simCommand(rest);
     case undefined:

@@ -114,6 +114,10 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
       if (!authorized(req.getHeader('authorization'))) return finish(errorReply(new FastpacaError('unauthorized', 'this node requires Authorization: Bearer <key>')));
       if (bucket && !bucket.take()) return finish(errorReply(new FastpacaError('rate_limited', 'this node is over its request rate limit', { retryAfterS: 1 })));
     }
+    if (path === '/v1/cluster' && method === 'GET') {
+      const view = groups.cluster?.() ?? { node: config.nodeId, nodes: [{ id: config.nodeId, self: true, connected: true }], groups: groups.count, replicas: 1, mode: 'single' };
+      return finish({ status: 200, body: view });
+    }
     if (match === 'not_found') return finish(errorReply(new FastpacaError('not_found', `no route for ${method} ${path}`)));
     if (match === 'method_not_allowed') return finish(errorReply(new FastpacaError('method_not_allowed', `${method} is not allowed on ${path}`)));
 

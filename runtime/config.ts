@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { isLogLevel, type LogLevel } from './log.js';
+import { parsePeers, type PeerSpec } from './placement.js';
 
 export const Tokenizers = ['approx', 'o200k_base', 'cl100k_base'] as const;
 export type Tokenizer = (typeof Tokenizers)[number];
@@ -45,6 +46,16 @@ export interface Config {
   requestTimeoutMs: number;
   /** Test-only commands (crashing a worker on purpose); never set in production. */
   testHooks: boolean;
+  /** Every node of the cluster, this one included, sorted by id; undefined: a single node. */
+  peers: PeerSpec[] | undefined;
+  /** Where this node accepts its peers' connections (its own FASTPACA_PEERS port unless set). */
+  clusterPort: number;
+  /** Nodes of another cluster are refused at the handshake. */
+  clusterId: string;
+  /** Replicas per group, capped by the node count. */
+  replicas: number;
+  /** One Raft tick (elections take 10 ticks, heartbeats 1). */
+  tickMs: number;
 }
 
 export class ConfigError extends Error {
@@ -109,5 +120,20 @@ export function loadConfig(env: Env = process.env): Config {
     mailboxBytes: powerOfTwo(env, 'FASTPACA_MAILBOX_BYTES', 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
     requestTimeoutMs: int(env, 'FASTPACA_REQUEST_TIMEOUT_MS', 30_000, 100, 600_000),
     testHooks: env.FASTPACA_TEST_HOOKS === '1',
+    ...cluster(env, env.FASTPACA_NODE_ID || os.hostname()),
+  };
+}
+
+function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs'> {
+  const raw = env.FASTPACA_PEERS ?? '';
+  const peers = raw.trim() === '' ? undefined : parsePeers(raw, nodeId);
+  const own = peers?.find((p) => p.id === nodeId)?.port;
+  return {
+    // A node alone in its peer list is a single node.
+    peers: peers !== undefined && peers.length > 1 ? peers : undefined,
+    clusterPort: int(env, 'FASTPACA_CLUSTER_PORT', own ?? 4100, 1, 65535),
+    clusterId: env.FASTPACA_CLUSTER_ID || 'fastpaca',
+    replicas: int(env, 'FASTPACA_REPLICAS', 3, 1, 7),
+    tickMs: int(env, 'FASTPACA_TICK_MS', 100, 10, 10_000),
   };
 }

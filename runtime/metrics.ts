@@ -106,6 +106,32 @@ export const metrics = {
     help: 'Bugs caught at a boundary (answered with 500 internal)',
     registers: [registry],
   }),
+  clusterFrames: new client.Counter({
+    name: 'fastpaca_cluster_frames_total',
+    help: 'Frames between this node and its peers',
+    labelNames: ['direction'],
+    registers: [registry],
+  }),
+  clusterDropped: new client.Counter({
+    name: 'fastpaca_cluster_dropped_messages_total',
+    help: 'Messages to peers dropped because the peer queue was full (Raft resends)',
+    registers: [registry],
+  }),
+  clusterRejected: new client.Counter({
+    name: 'fastpaca_cluster_rejected_connections_total',
+    help: 'Peer connections closed for a protocol violation (bad frame or handshake)',
+    registers: [registry],
+  }),
+  clusterInvalid: new client.Counter({
+    name: 'fastpaca_cluster_invalid_messages_total',
+    help: 'Messages from peers dropped because they did not have the expected shape',
+    registers: [registry],
+  }),
+  forwarded: new client.Counter({
+    name: 'fastpaca_forwarded_requests_total',
+    help: 'Requests this node forwarded to the leader of their group on another node',
+    registers: [registry],
+  }),
 };
 
 /** One thread's metrics as prom-client exports them. */

@@ -1,3 +1,4 @@
+import { ClusterGroups } from '../actors/contexts/cluster-groups.js';
 import { LocalGroups, type Groups } from '../actors/contexts/groups.js';
 import { WorkerGroups } from '../actors/contexts/worker-groups.js';
 import { createGateway } from '../gateway/server.js';
@@ -18,7 +19,9 @@ const DrainMs = 10_000;
  */
 export async function startNode(config: Config, log: Logger): Promise<RunningNode> {
   const groups: Groups =
-    config.workers === 0
+    config.peers !== undefined
+      ? await ClusterGroups.open(config, log)
+      : config.workers === 0
       ? await LocalGroups.open(config, log)
       : await WorkerGroups.open(config, log, (err) => {
           // A worker that cannot start again leaves its groups without a host: let the
@@ -28,7 +31,7 @@ export async function startNode(config: Config, log: Logger): Promise<RunningNod
         });
   const gateway = createGateway(config, groups, log);
   const port = await gateway.listen();
-  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.workers });
+  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.peers ? 0 : config.workers, cluster: config.peers ? config.peers.map((p) => p.id) : undefined });
 
   let stopping: Promise<void> | undefined;
   const shutdown = (reason: string): Promise<void> => {

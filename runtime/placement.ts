@@ -32,6 +32,12 @@ export function parsePeers(raw: string, self: string): PeerSpec[] {
   }
   if (peers.length === 0) throw new ConfigError('FASTPACA_PEERS lists no node');
   if (!seen.has(self)) throw new ConfigError(`FASTPACA_PEERS does not list this node (${self}); every node lists all nodes, itself included`);
+  const byRaftId = new Map<number, string>();
+  for (const { id } of peers) {
+    const other = byRaftId.get(raftIdOf(id));
+    if (other !== undefined) throw new ConfigError(`FASTPACA_PEERS: nodes ${other} and ${id} have the same Raft id; rename one`);
+    byRaftId.set(raftIdOf(id), id);
+  }
   return peers.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
@@ -55,4 +61,13 @@ export function replicasOf(group: number, nodes: readonly string[], replicas: nu
   const scored = nodes.map((node) => ({ node, score: mix32(fnv1a32(`${node}\u0000${group}`)) }));
   scored.sort((a, b) => b.score - a.score || (a.node < b.node ? -1 : 1));
   return scored.slice(0, Math.min(replicas, nodes.length)).map((s) => s.node);
+}
+
+/**
+ * A node's id in every Raft group: a positive 31-bit number derived from its node id, so every
+ * node computes the same one without coordination and it never changes when nodes join or leave
+ * (an index into the peer list would). parsePeers refuses a list in which two collide.
+ */
+export function raftIdOf(nodeId: string): number {
+  return mix32(fnv1a32(`raft\u0000${nodeId}`)) % 0x7fffffff + 1;
 }

@@ -8,7 +8,7 @@ import { CommandLog } from './command-log.js';
 import { GroupHost, recover } from './group-host.js';
 import { LmdbStore } from './lmdb-store.js';
 import { LogApplier } from './log-applier.js';
-import { DirectStateWriter, InlineStateWriter, type StateWriterFactory } from './state-writer.js';
+import { DirectStateWriter, InlineStateWriter, logStamper, type StateWriterFactory } from './state-writer.js';
 import { monotonicClock, type TokenCounter } from './prepare.js';
 import type { QueryResult } from './queries.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
@@ -30,6 +30,8 @@ export interface Groups {
   readiness(): Readiness;
   /** The metrics of the threads that host groups other than this one (merged for /metrics). */
   metrics(): Promise<ThreadMetrics[]>;
+  /** What GET /v1/cluster shows: nodes, groups, leaders, terms, commit and applied indexes. */
+  cluster?(): unknown;
   /** Test hook (FASTPACA_TEST_HOOKS=1): make worker `index` crash as a bug would. */
   crash?(index: number): Promise<unknown>;
   close(): Promise<void>;
@@ -60,7 +62,7 @@ export async function openHost(config: Config, logId: number, counter: TokenCoun
     throw err;
   }
   const stateWriters: Record<Config['stateWriter'], StateWriterFactory> = {
-    direct: (events) => new DirectStateWriter(store, logId, events, config.stateCommitMs),
+    direct: (events) => new DirectStateWriter(store, logStamper(store, logId), events, config.stateCommitMs),
     inline: (events) => new InlineStateWriter(new LogApplier(store, commandLog, machine, log), events),
   };
   const stateWriter = stateWriters[config.stateWriter];

@@ -96,7 +96,7 @@ export class LmdbStore {
   }
 
   /** A view whose writes wait in `buffer` (readable at once) until the store holds them. */
-  bufferedView(buffer: WriteBuffer): StateView {
+  bufferedView(buffer: WriteBuffer): LmdbView {
     return new LmdbView(this.tables((d) => new BufferedTable(d, buffer)), this.groups);
   }
 
@@ -115,13 +115,69 @@ export class LmdbStore {
     this.meta.putSync(appliedKey(log), index);
   }
 
+  /** The Raft index of group g's last command this store holds (0 for none): a cluster node's stamp. */
+  groupApplied(g: number): number {
+    return (this.meta.get(groupAppliedKey(g)) as number | undefined) ?? 0;
+  }
+
+  /** Records how far each group is applied, in the asynchronous batch of this event turn. */
+  putGroupApplied(stamps: ReadonlyMap<number, number>): Promise<boolean> {
+    let last: Promise<boolean> = Promise.resolve(true);
+    // Every put of one event turn is one transaction: the last one resolves with all of them.
+    for (const [g, index] of stamps) last = this.meta.put(groupAppliedKey(g), index);
+    return last;
+  }
+
+  /** Which cluster this data directory belongs to, if it has been part of one. */
+  clusterMember(): { clusterId: string; nodeId: string } | undefined {
+    return this.meta.get('cluster') as { clusterId: string; nodeId: string } | undefined;
+  }
+
+  /** Whether a single node has written here (a command log's stamp). */
+  hasSingleNodeData(): boolean {
+    for (const { key } of this.meta.getRange({ start: 'applied/', end: 'applied/g' })) if (/^applied\/\d+$/.test(String(key))) return true;
+    return false;
+  }
+
+  /** Marks the directory as `nodeId`'s of cluster `clusterId`, durably, before any group is founded. */
+  async joinCluster(clusterId: string, nodeId: string): Promise<void> {
+    await this.meta.put('cluster', { clusterId, nodeId });
+    await this.root.flushed;
+  }
+
+  /**
+   * Group g's state as the store has committed it, and the Raft index it reaches: a snapshot
+   * for a replica that fell behind the leader's compacted log. Read in one synchronous pass, so
+   * in one LMDB read transaction: the data and its stamp agree.
+   */
+  readGroup(g: number): { applied: number; data: GroupData } {
+    const data: GroupData = { v: 1, tables: {} };
+    for (const name of GroupTables) {
+      const rows: Array<[Key, unknown]> = [];
+      for (const { key, value } of (this[name] as Database<unknown, Key>).getRange({ start: [g], end: [g + 1] })) rows.push([key as Key, value]);
+      data.tables[name] = rows;
+    }
+    return { applied: this.groupApplied(g), data };
+  }
+
   async close(): Promise<void> {
     await this.root.flushed;
     await this.root.close();
   }
 }
 
+/** The tables whose keys start with the group (a group's range); `ids` is rebuilt from `log`. */
+export const GroupTables = ['log', 'overrides', 'summaries', 'idem', 'idemOrder'] as const;
+export type GroupTable = (typeof GroupTables)[number];
+
+/** One group's state, as a snapshot carries it. */
+export interface GroupData {
+  v: 1;
+  tables: Partial<Record<GroupTable, Array<[Key, unknown]>>>;
+}
+
 const appliedKey = (log: number) => `applied/${log}`;
+const groupAppliedKey = (g: number) => `applied/g/${g}`;
 
 interface Tables {
   log: Table<StoredMessage | ContextState>;
@@ -133,7 +189,7 @@ interface Tables {
 }
 
 /** The StateView over the store's tables, direct or buffered. */
-class LmdbView implements StateView {
+export class LmdbView implements StateView {
   constructor(
     private readonly t: Tables,
     private readonly groups: number,
@@ -207,6 +263,30 @@ class LmdbView implements StateView {
   deleteIdemKeyAt(id: string, n: number): void {
     this.t.idemOrder.remove([this.g(id), id, n]);
   }
+  /**
+   * Replaces group g's whole state with a snapshot's: every key of the group goes (and its ids
+   * from the listing), then the snapshot's keys are written. Through the tables, so a buffered
+   * view orders it after the writes it already holds.
+   */
+  replaceGroup(g: number, data: GroupData): void {
+    assert(data.v === 1, `snapshot format ${String(data.v)} is known`);
+    for (const name of GroupTables) {
+      const table = this.t[name] as Table<unknown>;
+      for (const key of table.keysFrom([g], [g + 1])) {
+        if (name === 'log' && key[2] === RecordSeq) this.t.ids.remove([key[1] as string]);
+        table.remove(key);
+      }
+    }
+    for (const name of GroupTables) {
+      const table = this.t[name] as Table<unknown>;
+      for (const [key, value] of data.tables[name] ?? []) {
+        assert(Array.isArray(key) && key[0] === g, `snapshot keys of group ${g} are in its range`);
+        table.put(key, value);
+        if (name === 'log' && key[2] === RecordSeq) this.t.ids.put([key[1] as string], g);
+      }
+    }
+  }
+
   listContexts(prefix: string, after: string, limit: number, owns?: (group: number) => boolean): ContextState[] {
     const out: ContextState[] = [];
     let from = after >= prefix ? after : prefix;

@@ -4,8 +4,9 @@ import type { Logger } from '../../runtime/log.js';
 import { decodeConfChange } from '../raft/conf-change.js';
 import type { Random } from '../raft/random.js';
 import { RawNode } from '../raft/raw-node.js';
-import { EntryType, StateRole, type Entry, type Message } from '../raft/types.js';
-import type { RaftWal } from '../raft/wal-storage.js';
+import type { InitialState, Storage } from '../raft/storage.js';
+import { EntryType, StateRole, type Entry, type Message, type Snapshot } from '../raft/types.js';
+import type { RaftWal, WalGroupStorage } from '../raft/wal-storage.js';
 import { applySafely, type MachineOptions } from './state-machine.js';
 import type { StateView } from './state-view.js';
 import type { Command, CommandResult } from './types.js';
@@ -31,6 +32,31 @@ export interface ReplicasOptions {
   queuedMax: number;
   electionTicks?: number;
   heartbeatTicks?: number;
+  /**
+   * Group g's state as the state store has committed it, and the Raft index it reaches: the
+   * data of a snapshot for a follower that fell behind the compacted log. Without it (tests of
+   * single groups) a group never compacted is never behind.
+   */
+  snapshotOf?: (group: number) => { index: number; data: Uint8Array };
+  /** Replaces group g's state in `view` with a leader's snapshot (installed, or replayed after a restart). */
+  install?: (group: number, snapshot: Snapshot) => void;
+}
+
+/** What GET /v1/cluster shows of a group. */
+export interface GroupStatus {
+  group: number;
+  role: StateRole;
+  /** Raft id of the leader this replica knows of (0: none). */
+  leader: number;
+  term: number;
+  commit: number;
+  applied: number;
+  firstIndex: number;
+  lastIndex: number;
+  voters: readonly number[];
+  learners: readonly number[];
+  /** Leader only: per replica, the index it is known to hold. */
+  match?: Record<number, number>;
 }
 
 /** What a round hands back to its caller. */
@@ -101,7 +127,13 @@ export class GroupReplicas {
     if (founded) opts.wal.persist();
     for (const g of opts.groups) {
       const storage = opts.wal.group(g);
-      const applied = Math.max(opts.appliedOf(g), storage.snapshot().meta.index);
+      const snap = storage.snapshot();
+      if (snap.meta.index > opts.appliedOf(g) && snap.data.byteLength > 0) {
+        // A leader's snapshot the state store did not hold durably before the stop: install it again.
+        assert(opts.install !== undefined, `group ${g} has a snapshot to install and nothing to install it with`);
+        opts.install(g, snap);
+      }
+      const applied = Math.max(opts.appliedOf(g), snap.meta.index);
       const hs = storage.hardState();
       if (applied > hs.commit) {
         // The state store is ahead of the persisted commit index (a commit-only change is not
@@ -113,7 +145,7 @@ export class GroupReplicas {
         g,
         new RawNode({
           id: opts.raftId,
-          storage,
+          storage: opts.snapshotOf === undefined ? storage : new StoreSnapshots(storage, () => opts.snapshotOf!(g)),
           random: opts.random(g),
           applied,
           ...(opts.electionTicks === undefined ? {} : { electionTicks: opts.electionTicks }),
@@ -161,7 +193,8 @@ export class GroupReplicas {
     if (this.failed) return;
     for (const [g, index] of applied) {
       const storage = this.opts.wal.group(g);
-      if (!this.nodes.has(g) || index <= storage.snapshot().meta.index) continue;
+      // At the compaction point itself, compact() drops an installed snapshot's data.
+      if (!this.nodes.has(g) || index < storage.snapshot().meta.index) continue;
       assert(index <= storage.hardState().commit, `group ${g}: only committed entries are compacted (${index} > ${storage.hardState().commit})`);
       storage.compact(index);
     }
@@ -171,6 +204,36 @@ export class GroupReplicas {
   /** Whether this node leads `group` now. */
   leads(group: number): boolean {
     return this.nodes.get(group)?.raft.role === StateRole.Leader;
+  }
+
+  /** The Raft id of the leader of `group` this replica knows of, 0 for none (or not replicated here). */
+  leaderOf(group: number): number {
+    return this.nodes.get(group)?.raft.lead ?? 0;
+  }
+
+  /** The groups replicated here, ascending. */
+  get groups(): number[] {
+    return [...this.nodes.keys()].sort((a, b) => a - b);
+  }
+
+  status(group: number): GroupStatus | undefined {
+    const node = this.nodes.get(group);
+    if (node === undefined) return undefined;
+    const st = node.status();
+    const out: GroupStatus = {
+      group,
+      role: st.role,
+      leader: st.lead,
+      term: st.term,
+      commit: st.commit,
+      applied: st.applied,
+      firstIndex: st.firstIndex,
+      lastIndex: st.lastIndex,
+      voters: st.conf.voters,
+      learners: st.conf.learners,
+    };
+    if (st.progress !== undefined) out.match = Object.fromEntries([...st.progress].map(([id, p]) => [id, p.match]));
+    return out;
   }
 
   /** Queues `cmd` for `group`'s next round; resolves once it is applied. */
@@ -216,8 +279,11 @@ export class GroupReplicas {
       let sync = false;
       for (const { g, rd } of readies) {
         const storage = this.opts.wal.group(g);
-        // Installing a leader's snapshot needs the state store's range copy (the cluster's).
-        assert(rd.snapshot === undefined, `group ${g}: installing a snapshot from a leader is not supported before the cluster is`);
+        if (rd.snapshot !== undefined) {
+          assert(this.opts.install !== undefined, `group ${g}: a leader's snapshot arrived and there is nothing to install it with`);
+          // Kept in the log (data included) until the state store holds it durably.
+          storage.applySnapshot(rd.snapshot);
+        }
         storage.append(rd.entries);
         if (rd.hardState) storage.setHardState(rd.hardState);
         sync ||= rd.mustSync;
@@ -225,6 +291,13 @@ export class GroupReplicas {
       if (sync && !this.persist()) return;
       for (const { g, rd } of readies) for (const message of rd.messages) result.messages.push({ group: g, message });
       for (const { g, node, rd } of readies) {
+        if (rd.snapshot !== undefined) {
+          // Everything this replica held of the group is replaced; a proposal waiting here is not
+          // going to be answered by its entry (this replica does not lead).
+          this.failWaiters(g, 'the group lost its leader; retry');
+          this.opts.install!(g, rd.snapshot);
+          result.applied.set(g, rd.snapshot.meta.index);
+        }
         for (const e of rd.committedEntries) this.applyEntry(g, node, e);
         if (rd.committedEntries.length > 0) result.applied.set(g, rd.committedEntries[rd.committedEntries.length - 1]!.index);
         // A leader that stepped down will not commit what it was asked: say so now.
@@ -309,6 +382,44 @@ export class GroupReplicas {
     this.failed = err instanceof Error ? err : new Error(String(err));
     this.opts.log.error('the Raft log cannot be written; refusing writes until restart', { err });
     for (const g of this.nodes.keys()) this.failWaiters(g, 'the node cannot write to its storage');
+  }
+}
+
+/**
+ * A group's storage as its RawNode sees it, except that the snapshot a leader sends is built from
+ * the state store at the index it has committed (at or after the compaction point, which never
+ * passes what the store holds durably): the log itself keeps no state machine data.
+ */
+class StoreSnapshots implements Storage {
+  constructor(
+    private readonly inner: WalGroupStorage,
+    private readonly read: () => { index: number; data: Uint8Array },
+  ) {}
+  initialState(): InitialState {
+    return this.inner.initialState();
+  }
+  entries(lo: number, hi: number, bytesMax: number): Entry[] {
+    return this.inner.entries(lo, hi, bytesMax);
+  }
+  term(index: number): number {
+    return this.inner.term(index);
+  }
+  firstIndex(): number {
+    return this.inner.firstIndex();
+  }
+  lastIndex(): number {
+    return this.inner.lastIndex();
+  }
+  snapshot(): Snapshot {
+    const own = this.inner.snapshot();
+    const { index, data } = this.read();
+    // Behind the compaction point: this replica installed a leader's snapshot that its store
+    // has not committed yet; the log still holds that snapshot's data.
+    if (index < own.meta.index || index > this.inner.lastIndex()) {
+      assert(own.data.byteLength > 0 || own.meta.index <= 1, `group ${this.inner.group}: a snapshot at ${own.meta.index} has its data`);
+      return own;
+    }
+    return { meta: { index, term: this.inner.term(index), conf: this.inner.confAt(index) }, data };
   }
 }
 

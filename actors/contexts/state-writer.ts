@@ -2,12 +2,12 @@ import type { LmdbStore } from './lmdb-store.js';
 import type { LogApplier } from './log-applier.js';
 import type { PendingWrite } from './tables.js';
 
-/** What a state writer tells the host. */
-export interface StateWriterEvents {
-  /** The state store holds (committed) every command up to index. */
-  persisted(index: number): void;
-  /** …and has it on disk: the command log may forget up to index. */
-  durable(index: number): void;
+/** What a state writer tells the host; M is how far the host's writes reach (a log index). */
+export interface StateWriterEvents<M = number> {
+  /** The state store holds (committed) every command up to mark. */
+  persisted(mark: M): void;
+  /** …and has it on disk: the log may forget up to mark. */
+  durable(mark: M): void;
   /** The state store cannot be written. */
   failed(err: Error): void;
 }
@@ -26,6 +26,21 @@ export interface StateWriter {
 
 export type StateWriterFactory = (events: StateWriterEvents) => StateWriter | Promise<StateWriter>;
 
+/**
+ * How a commit records how far the store has come, in the same transaction as its writes:
+ * `put` issues the stamp (in the asynchronous batch of this event turn); `merge` folds a later
+ * mark into an earlier one that has not been committed yet.
+ */
+export interface Stamper<M> {
+  put(mark: M): Promise<boolean>;
+  merge(earlier: M, later: M): M;
+}
+
+/** The stamp of a command log: the index of its last command in the store. */
+export function logStamper(store: LmdbStore, log: number): Stamper<number> {
+  return { put: (index) => store.putApplied(log, index), merge: (_, later) => later };
+}
+
 const ignore = () => {};
 
 /**
@@ -40,31 +55,32 @@ const ignore = () => {};
  * applied stamp would claim the writes it lost. After a failure nothing more is written; the
  * host refuses writes, and the next start applies the command log from the last good stamp.
  */
-export class DirectStateWriter implements StateWriter {
+export class DirectStateWriter<M = number> {
   /** The commit in flight, if any. */
   private inflight: Promise<void> | undefined;
   /** The store has committed every command up to here (persisted <= the host's applied). */
-  private persistedIndex = 0;
+  private persistedMark: M | undefined;
+  /** An fsync is in flight. */
   private syncing = false;
   private failed = false;
-  /** Writes handed over since the last commit, oldest first, and the index they reach. */
+  /** Writes handed over since the last commit, oldest first, and the mark they reach. */
   private waiting: Array<readonly PendingWrite[]> = [];
-  private waitingIndex = 0;
+  private waitingMark: M | undefined;
   /** Cancels the scheduled commit, while one is scheduled. */
   private cancel: (() => void) | undefined;
 
   constructor(
     private readonly store: LmdbStore,
-    private readonly log: number,
-    private readonly events: StateWriterEvents,
+    private readonly stamper: Stamper<M>,
+    private readonly events: StateWriterEvents<M>,
     /** Commits at most this often (0: at the end of every event turn). */
     private readonly commitIntervalMs = 0,
   ) {}
 
-  upTo(index: number, writes: readonly PendingWrite[]): void {
+  upTo(mark: M, writes: readonly PendingWrite[]): void {
     if (this.failed) return;
     this.waiting.push(writes);
-    this.waitingIndex = index;
+    this.waitingMark = this.waitingMark === undefined ? mark : this.stamper.merge(this.waitingMark, mark);
     this.schedule();
   }
 
@@ -82,9 +98,10 @@ export class DirectStateWriter implements StateWriter {
   private commit(): void {
     this.cancel = undefined;
     if (this.failed || this.waiting.length === 0) return;
-    const index = this.waitingIndex;
+    const mark = this.waitingMark!;
     const batches = this.waiting;
     this.waiting = [];
+    this.waitingMark = undefined;
     let stamped: Promise<boolean>;
     try {
       for (const writes of batches) {
@@ -97,7 +114,7 @@ export class DirectStateWriter implements StateWriter {
           done.catch(ignore); // the applied stamp below is in the same transaction and reports it
         }
       }
-      stamped = this.store.putApplied(this.log, index);
+      stamped = this.stamper.put(mark);
     } catch (err) {
       // An encoding error or a closed store, thrown before anything was issued for the stamp.
       this.fail(err);
@@ -107,8 +124,8 @@ export class DirectStateWriter implements StateWriter {
       () => {
         this.inflight = undefined;
         if (this.failed) return;
-        this.persistedIndex = index;
-        this.events.persisted(index);
+        this.persistedMark = mark;
+        this.events.persisted(mark);
         this.sync();
         this.schedule();
       },
@@ -130,12 +147,12 @@ export class DirectStateWriter implements StateWriter {
   private sync(): void {
     if (this.syncing) return;
     this.syncing = true;
-    const index = this.persistedIndex;
+    const mark = this.persistedMark!;
     void this.store.root.flushed.then(() => {
       this.syncing = false;
       if (this.failed) return;
-      this.events.durable(index);
-      if (this.persistedIndex > index) this.sync();
+      this.events.durable(mark);
+      if (this.persistedMark !== mark) this.sync();
     });
   }
 

@@ -13,6 +13,14 @@ export interface Table<V> {
   put(key: Key, value: V): void;
   remove(key: Key): void;
   range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }>;
+  /** Every key in [start, end) that holds a value (a whole group's range; snapshots only). */
+  keysFrom(start: Key, end: Key): Key[];
+}
+
+function lmdbKeys(db: Database<unknown, Key>, start: Key, end: Key): Key[] {
+  const out: Key[] = [];
+  for (const key of db.getKeys({ start, end })) out.push(Array.isArray(key) ? (key as Key) : [key as KeyPart]);
+  return out;
 }
 
 function lmdbRange<V>(db: Database<V, Key>, prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {
@@ -43,6 +51,9 @@ export class DirectTable<V> implements Table<V> {
   }
   range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {
     return lmdbRange(this.db, prefix, from, to, limit);
+  }
+  keysFrom(start: Key, end: Key): Key[] {
+    return lmdbKeys(this.db as Database<unknown, Key>, start, end);
   }
 }
 
@@ -95,6 +106,14 @@ export class WriteBuffer {
 const encodePart = (p: KeyPart) => (typeof p === 'number' ? `n${p}` : `s${p}`);
 const encodePrefix = (prefix: Key) => prefix.map(encodePart).join('\u0001');
 const compareParts = (a: KeyPart, b: KeyPart) => (typeof a === 'number' && typeof b === 'number' ? a - b : a < b ? -1 : a > b ? 1 : 0);
+/** Keys compared part by part, a shorter prefix first (as the ranges here use them: [g] to [g + 1]). */
+function compareKeys(a: Key, b: Key): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const c = compareParts(a[i]!, b[i]!);
+    if (c !== 0) return c;
+  }
+  return a.length - b.length;
+}
 
 /** A table whose writes go to a WriteBuffer first; reads see the buffer over LMDB. */
 export class BufferedTable<V> implements Table<V> {
@@ -146,6 +165,20 @@ export class BufferedTable<V> implements Table<V> {
     slots.delete(last);
     this.buffer.size--;
     if (slots.size === 0) this.byPrefix.delete(prefix);
+  }
+
+  keysFrom(start: Key, end: Key): Key[] {
+    // Rare (a snapshot's install): every buffered slot is looked at.
+    const live = new Map<string, Key>();
+    for (const key of lmdbKeys(this.db as Database<unknown, Key>, start, end)) live.set(encodePrefix(key), key);
+    for (const slots of this.byPrefix.values()) {
+      for (const s of slots.values()) {
+        if (compareKeys(s.key, start) < 0 || compareKeys(s.key, end) >= 0) continue;
+        if (s.value === undefined) live.delete(encodePrefix(s.key));
+        else live.set(encodePrefix(s.key), s.key);
+      }
+    }
+    return [...live.values()];
   }
 
   range(prefix: Key, from: KeyPart, to: KeyPart | undefined, limit: number): Array<{ last: KeyPart; value: V }> {

@@ -463,6 +463,17 @@ export class WalGroupStorage implements Storage {
     this.wal.markDirty(this);
   }
 
+  /** Membership as of `index` (at or after the compaction point): what a snapshot there carries. */
+  confAt(index: number): ConfState {
+    assert(index >= this.meta.index, `membership is known from the compaction point (${this.meta.index}) on, not at ${index}`);
+    let conf = this.meta.conf;
+    for (const c of this.confs) {
+      if (c.index > index) break;
+      conf = c.conf;
+    }
+    return conf;
+  }
+
   // ---- for RaftWal ----------------------------------------------------------------------------
 
   private conf(): ConfState {

@@ -3,7 +3,7 @@ import { CommandLog } from '../../actors/contexts/command-log.js';
 import { GroupHost, recover } from '../../actors/contexts/group-host.js';
 import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
 import { LogApplier } from '../../actors/contexts/log-applier.js';
-import { DirectStateWriter, InlineStateWriter } from '../../actors/contexts/state-writer.js';
+import { DirectStateWriter, InlineStateWriter, logStamper } from '../../actors/contexts/state-writer.js';
 import type { AppendResult, CommandResult } from '../../actors/contexts/types.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
@@ -34,7 +34,7 @@ async function openHost(dir: string, writer: WriterKind, overrides: Partial<Host
       writer === 'inline'
         ? (events) => new InlineStateWriter(new LogApplier(store, log, machine, quiet), events)
         : (events) =>
-            new DirectStateWriter(store, log.id, { ...events, persisted: (i) => (direct.onPersisted?.(i), events.persisted(i)) }, direct.commitIntervalMs ?? (writer === 'direct-batched' ? 30 : 0)),
+            new DirectStateWriter(store, logStamper(store, log.id), { ...events, persisted: (i) => (direct.onPersisted?.(i), events.persisted(i)) }, direct.commitIntervalMs ?? (writer === 'direct-batched' ? 30 : 0)),
     ...overrides,
   });
   return {

@@ -1,0 +1,123 @@
+/**
+ * What nodes say to each other over the transport, and the checks every message from a peer
+ * passes before anything acts on it. A peer is trusted to be a fastpaca node of the same cluster
+ * (the handshake), not to be bug-free or unmodified: a message that does not have the exact shape
+ * is dropped and counted, and never reaches the Raft core (whose assertions would stop the node).
+ */
+import { MessageKind, type Entry, type Message } from '../raft/types.js';
+import type { QueryResult } from './queries.js';
+import type { ReadRequest, WriteRequest } from './requests.js';
+import type { CommandResult } from './types.js';
+
+/** A Raft message of one group. */
+export interface RaftEnvelope {
+  t: 'r';
+  g: number;
+  m: Message;
+}
+
+/** A request forwarded to the node that leads (or is thought to lead) its group. */
+export type Forward =
+  | { t: 'w'; id: number; g: number; ms: number; req: WriteRequest }
+  | { t: 'q'; id: number; g: number; ms: number; req: ReadRequest }
+  | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
+  | { t: 's'; id: number; ms: number };
+
+/** The answer to a Forward, correlated by id. */
+export interface Answer {
+  t: 'a';
+  id: number;
+  ok?: CommandResult | QueryResult | unknown;
+  /** A failure: its code, sentence and Retry-After; `leader` when it was refused for not leading. */
+  err?: { code: string; message: string; extra?: Record<string, unknown>; retryAfterS?: number; leader?: number };
+}
+
+export type PeerMessage = RaftEnvelope | Forward | Answer;
+
+const whole = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+const ids = (v: unknown): boolean => Array.isArray(v) && v.length <= 64 && v.every((x) => whole(x) && x >= 1);
+
+function validEntry(e: unknown): e is Entry {
+  return isObject(e) && whole(e.term) && e.term >= 1 && whole(e.index) && e.index >= 1 && (e.type === 0 || e.type === 1) && isBytes(e.data);
+}
+
+function validConf(c: unknown): boolean {
+  return isObject(c) && ids(c.voters) && ids(c.learners);
+}
+
+/**
+ * Whether `m` is a well-formed Raft message from `from` to `self` (Raft ids). Field by field, as
+ * types.ts defines them: a peer's bug or a hostile frame cannot reach the core.
+ */
+export function validRaftMessage(m: unknown, from: number, self: number): m is Message {
+  if (!isObject(m) || m.from !== from || m.to !== self || !whole(m.term)) return false;
+  switch (m.kind) {
+    case MessageKind.App: {
+      if (!whole(m.index) || !whole(m.logTerm) || !whole(m.commit) || !Array.isArray(m.entries)) return false;
+      let prev = m.index;
+      for (const e of m.entries as unknown[]) {
+        if (!validEntry(e) || e.index !== prev + 1) return false;
+        prev = e.index;
+      }
+      return true;
+    }
+    case MessageKind.AppResp:
+      return whole(m.index) && typeof m.reject === 'boolean' && whole(m.rejectHint) && whole(m.logTerm);
+    case MessageKind.Vote:
+    case MessageKind.PreVote:
+      return whole(m.index) && whole(m.logTerm) && typeof m.transfer === 'boolean';
+    case MessageKind.VoteResp:
+    case MessageKind.PreVoteResp:
+      return typeof m.reject === 'boolean';
+    case MessageKind.Heartbeat:
+      return whole(m.commit) && (m.context === undefined || m.context === null || typeof m.context === 'string');
+    case MessageKind.HeartbeatResp:
+      return m.context === undefined || m.context === null || typeof m.context === 'string';
+    case MessageKind.Snap: {
+      const meta = m.meta;
+      if (!isObject(meta) || !whole(meta.index) || !whole(meta.term) || !validConf(meta.conf)) return false;
+      return whole(m.offset) && whole(m.totalBytes) && isBytes(m.data) && m.offset + m.data.byteLength <= m.totalBytes && m.totalBytes <= SnapshotBytesMax;
+    }
+    case MessageKind.SnapResp:
+      return whole(m.snapIndex) && whole(m.offset) && typeof m.reject === 'boolean';
+    case MessageKind.ReadIndex:
+      return typeof m.context === 'string';
+    case MessageKind.ReadIndexResp:
+      return typeof m.context === 'string' && whole(m.index);
+    case MessageKind.TimeoutNow:
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** A snapshot larger than this is refused (a follower allocates its whole size up front). */
+export const SnapshotBytesMax = 1 << 30;
+
+/** Normalizes what msgpack turned `undefined` into (nil → null) back where the core expects undefined. */
+export function normalizeRaftMessage(m: Message): Message {
+  if ((m.kind === MessageKind.Heartbeat || m.kind === MessageKind.HeartbeatResp) && m.context === null) return { ...m, context: undefined };
+  return m;
+}
+
+/** Whether `v` has the shape of a PeerMessage's envelope (its payload is checked where it is used). */
+export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
+  if (!isObject(v)) return undefined;
+  switch (v.t) {
+    case 'r':
+      return whole(v.g) && isObject(v.m) ? 'r' : undefined;
+    case 'w':
+    case 'q':
+      return whole(v.id) && whole(v.g) && whole(v.ms) && isObject(v.req) ? v.t : undefined;
+    case 'l':
+      return whole(v.id) && whole(v.ms) && isObject(v.req) ? 'l' : undefined;
+    case 's':
+      return whole(v.id) && whole(v.ms) ? 's' : undefined;
+    case 'a':
+      return whole(v.id) && (v.err === undefined || isObject(v.err)) ? 'a' : undefined;
+    default:
+      return undefined;
+  }
+}

@@ -1,0 +1,319 @@
+import path from 'node:path';
+import { Packr } from 'msgpackr';
+import type { Config } from '../../runtime/config.js';
+import { FastpacaError } from '../../runtime/errors.js';
+import type { Logger } from '../../runtime/log.js';
+import { metrics } from '../../runtime/metrics.js';
+import { Xoshiro128 } from '../raft/random.js';
+import type { Message, Snapshot } from '../raft/types.js';
+import { RaftWal } from '../raft/wal-storage.js';
+import { LmdbStore, type GroupData, type LmdbView } from './lmdb-store.js';
+import { monotonicClock, prepare, type TokenCounter } from './prepare.js';
+import { query, type QueryResult } from './queries.js';
+import { GroupReplicas, type GroupStatus } from './replicas.js';
+import type { ReadRequest, WriteRequest } from './requests.js';
+import { DirectStateWriter } from './state-writer.js';
+import { WriteBuffer, type PendingWrite } from './tables.js';
+import type { CommandResult } from './types.js';
+
+/** How far the state store is: per group, the Raft index of its last command there. */
+interface Mark {
+  /** Counts handovers to the state writer: writes are released by it. */
+  seq: number;
+  stamps: Map<number, number>;
+}
+
+/** Entries a leader keeps for a follower that lags, beyond what its store holds, before it compacts anyway (the follower then gets a snapshot). */
+const LagEntriesMax = 20_000;
+
+/**
+ * Refused because this replica does not lead the group: the caller routes to `leader` (a Raft
+ * id; 0 when no leader is known) and retries. Nothing was proposed, so a retry is always safe.
+ */
+export class NotLeaderError extends FastpacaError {
+  constructor(
+    readonly group: number,
+    readonly leader: number,
+  ) {
+    super('unavailable', `this node does not lead group ${group}`, { retryAfterS: 1 });
+  }
+}
+
+export interface ReplicaHostOptions {
+  config: Config;
+  /** This node's Raft id. */
+  raftId: number;
+  /** The groups this host replicates. */
+  groups: readonly number[];
+  /** The voters a group is founded with (Raft ids), the first time this node starts. */
+  founders: (group: number) => number[];
+  counter: TokenCounter;
+  log: Logger;
+  /** Sends a Raft message of `group` to node `to` (a Raft id); called once the round is durable. */
+  send: (to: number, group: number, message: Message) => void;
+}
+
+/**
+ * A node's replicas of the context groups: the groups' RawNodes over one RaftWal (one write and
+ * one fdatasync per round for all of them), committed commands applied to the state store
+ * through a write buffer, and the direct state writer stamping, per group, the Raft index the
+ * store holds. A round runs in the event-loop turn after anything happened to a group (a
+ * proposal, a message, a tick): persist, send, apply, answer — Raft's order. Once the store
+ * holds a group's commands on disk, its log is compacted to them (a leader keeps up to
+ * LagEntriesMax more for a follower that lags; past that the follower gets a snapshot, which
+ * is the store's range of the group).
+ */
+export class ReplicaHost {
+  private readonly buffer = new WriteBuffer();
+  private readonly view: LmdbView;
+  private replicas!: GroupReplicas;
+  private writer!: DirectStateWriter<Mark>;
+  private readonly packr = new Packr({ useRecords: false });
+  private roundScheduled = false;
+  private seq = 0;
+  private readonly unreleased: Array<{ seq: number; writes: PendingWrite[] }> = [];
+  /** Stamps not yet handed to the state writer (a round's, plus installed snapshots'). */
+  private stamps = new Map<number, number>();
+  private readonly durable = new Map<number, number>();
+  private failed: Error | undefined;
+  private closed = false;
+  private preparing = 0;
+  private readonly now = monotonicClock();
+
+  private constructor(
+    private readonly store: LmdbStore,
+    private readonly wal: RaftWal,
+    private readonly opts: ReplicaHostOptions,
+  ) {
+    this.view = store.bufferedView(this.buffer);
+  }
+
+  static async open(opts: ReplicaHostOptions): Promise<ReplicaHost> {
+    const { config } = opts;
+    const store = LmdbStore.open(config.dataDir, config.groups);
+    let wal: RaftWal | undefined;
+    try {
+      const member = store.clusterMember();
+      if (member === undefined) {
+        if (store.hasSingleNodeData()) throw new FastpacaError('unavailable', `${config.dataDir} holds a single node's data; a cluster node starts from an empty directory`);
+      } else if (member.clusterId !== config.clusterId || member.nodeId !== config.nodeId) {
+        throw new FastpacaError('unavailable', `${config.dataDir} belongs to node ${member.nodeId} of cluster ${member.clusterId}, not ${config.nodeId} of ${config.clusterId}`);
+      }
+      wal = RaftWal.open(path.join(config.dataDir, 'raft', '0'));
+      const founded = member !== undefined;
+      for (const g of opts.groups) {
+        // Founding a group twice could vote twice in term 1: a node that was founded and lost
+        // its Raft log must be replaced, not started (docs/operations.md).
+        if (founded && !wal.group(g).hasState()) throw new FastpacaError('unavailable', `the Raft log of group ${g} is missing from ${config.dataDir}; this node cannot rejoin with it`);
+      }
+      if (!founded) await store.joinCluster(config.clusterId, config.nodeId);
+      const host = new ReplicaHost(store, wal, opts);
+      host.start();
+      return host;
+    } catch (err) {
+      wal?.close();
+      await store.close();
+      throw err;
+    }
+  }
+
+  private start(): void {
+    const { config } = this.opts;
+    this.writer = new DirectStateWriter<Mark>(
+      this.store,
+      {
+        put: (mark) => this.store.putGroupApplied(mark.stamps),
+        merge: (a, b) => {
+          for (const [g, i] of b.stamps) a.stamps.set(g, Math.max(a.stamps.get(g) ?? 0, i));
+          return { seq: b.seq, stamps: a.stamps };
+        },
+      },
+      {
+        persisted: (mark) => this.persisted(mark),
+        durable: (mark) => this.onDurable(mark),
+        failed: (err) => this.fail(err),
+      },
+      config.stateCommitMs,
+    );
+    this.replicas = new GroupReplicas({
+      raftId: this.opts.raftId,
+      groups: this.opts.groups,
+      wal: this.wal,
+      view: this.view,
+      machine: { defaultTokenizer: config.tokenizer },
+      appliedOf: (g) => this.store.groupApplied(g),
+      founders: this.opts.founders,
+      random: (g) => new Xoshiro128((this.opts.raftId * 65_537 + g) >>> 0 || 1),
+      log: this.opts.log,
+      queuedMax: config.pendingMax,
+      snapshotOf: (g) => {
+        const { applied, data } = this.store.readGroup(g);
+        return { index: applied, data: this.packr.pack(data) };
+      },
+      install: (g, snapshot) => this.install(g, snapshot),
+    });
+    for (const g of this.opts.groups) this.durable.set(g, this.store.groupApplied(g));
+    this.scheduleRound();
+  }
+
+  /** Why this host cannot take writes, if it cannot. */
+  get unavailableReason(): string | undefined {
+    if (this.failed) return 'the storage cannot be written; restart the node';
+    if (this.closed) return 'shutting down';
+    return undefined;
+  }
+
+  get groups(): number[] {
+    return this.replicas.groups;
+  }
+
+  leaderOf(group: number): number {
+    return this.replicas.leaderOf(group);
+  }
+
+  leads(group: number): boolean {
+    return this.replicas.leads(group);
+  }
+
+  status(group: number): GroupStatus | undefined {
+    return this.replicas.status(group);
+  }
+
+  /** Applies a write on the group's leader; resolves once it is committed and applied. */
+  submit(group: number, req: WriteRequest): Promise<CommandResult> {
+    if (this.failed || this.closed) return Promise.reject(new FastpacaError('unavailable', this.failed ? 'the node cannot write to its storage' : 'the node is shutting down', { retryAfterS: 1 }));
+    if (!this.replicas.leads(group)) return Promise.reject(new NotLeaderError(group, this.replicas.leaderOf(group)));
+    if (this.preparing >= this.opts.config.pendingMax || this.buffer.size >= this.opts.config.bufferedWritesMax) {
+      metrics.commandsRejected.inc();
+      return Promise.reject(new FastpacaError('overloaded', 'too many writes are waiting; retry shortly', { retryAfterS: 1 }));
+    }
+    const cmd = prepare(req, {
+      // Read each time: another leader may have changed it since this node last led the group.
+      tokenizerOf: (id) => this.view.getContext(id)?.tokenizer,
+      counter: this.opts.counter,
+      defaultTokenizer: this.opts.config.tokenizer,
+      now: this.now,
+    });
+    if (!(cmd instanceof Promise)) return this.propose(group, cmd);
+    this.preparing++;
+    return cmd.finally(() => this.preparing--).then((c) => this.propose(group, c));
+  }
+
+  private propose(group: number, cmd: Parameters<GroupReplicas['propose']>[1]): Promise<CommandResult> {
+    const answer = this.replicas.propose(group, cmd);
+    this.scheduleRound();
+    return answer;
+  }
+
+  /**
+   * Answers a read on the group's leader from what it has applied: every write it acknowledged,
+   * and only committed ones.
+   */
+  read(group: number, req: ReadRequest): Promise<QueryResult> {
+    if (!this.replicas.leads(group)) return Promise.reject(new NotLeaderError(group, this.replicas.leaderOf(group)));
+    try {
+      return Promise.resolve(query(this.view, req));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Lists the contexts of the groups `include` accepts, from this replica's state. */
+  list(req: Extract<ReadRequest, { q: 'list' }>, include: (group: number) => boolean): QueryResult {
+    return query(this.view, req, include);
+  }
+
+  step(group: number, message: Message): void {
+    if (this.failed || this.closed) return;
+    this.replicas.step(group, message);
+    this.scheduleRound();
+  }
+
+  tick(): void {
+    if (this.failed || this.closed) return;
+    this.replicas.tick();
+    this.scheduleRound();
+  }
+
+  /** Stops taking writes; resolves once everything applied is in the state store, on disk. */
+  async close(): Promise<void> {
+    this.closed = true;
+    while (!this.failed && this.preparing > 0) await new Promise((r) => setTimeout(r, 20));
+    await this.writer.close();
+    this.wal.close();
+    await this.store.close();
+  }
+
+  private scheduleRound(): void {
+    if (this.roundScheduled) return;
+    this.roundScheduled = true;
+    setImmediate(() => {
+      this.roundScheduled = false;
+      this.round();
+    });
+  }
+
+  private round(): void {
+    if (this.failed || this.closed) return;
+    let result;
+    try {
+      result = this.replicas.round();
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    for (const { group, message } of result.messages) this.opts.send(message.to, group, message);
+    for (const [g, index] of result.applied) this.stamps.set(g, Math.max(this.stamps.get(g) ?? 0, index));
+    if (this.stamps.size > 0) {
+      const writes = this.buffer.take();
+      const mark: Mark = { seq: ++this.seq, stamps: this.stamps };
+      this.stamps = new Map();
+      if (writes.length > 0) this.unreleased.push({ seq: mark.seq, writes });
+      this.writer.upTo(mark, writes);
+      metrics.writeRounds.inc();
+    }
+    metrics.bufferedWrites.set(this.buffer.size);
+  }
+
+  private install(group: number, snapshot: Snapshot): void {
+    this.view.replaceGroup(group, this.packr.unpack(snapshot.data) as GroupData);
+    this.stamps.set(group, Math.max(this.stamps.get(group) ?? 0, snapshot.meta.index));
+    this.opts.log.info('installed a snapshot of a group from its leader', { group, index: snapshot.meta.index, bytes: snapshot.data.byteLength });
+  }
+
+  private persisted(mark: Mark): void {
+    if (this.failed) return;
+    this.store.root.resetReadTxn(); // see what lmdb-js's write thread committed before letting go
+    while (this.unreleased.length > 0 && this.unreleased[0]!.seq <= mark.seq) this.buffer.release(this.unreleased.shift()!.writes);
+    metrics.bufferedWrites.set(this.buffer.size);
+  }
+
+  /** The store holds these stamps on disk: the groups' logs may forget what they cover. */
+  private onDurable(mark: Mark): void {
+    if (this.failed) return;
+    const targets = new Map<number, number>();
+    for (const [g, index] of mark.stamps) {
+      this.durable.set(g, Math.max(this.durable.get(g) ?? 0, index));
+      let target = this.durable.get(g)!;
+      // A leader keeps, within a bound, what a lagging follower still needs from the log.
+      const match = this.replicas.status(g)?.match;
+      if (match !== undefined) {
+        const lowest = Math.min(...Object.values(match));
+        if (target - lowest < LagEntriesMax) target = Math.min(target, lowest);
+      }
+      targets.set(g, target);
+    }
+    try {
+      this.replicas.compactTo(targets);
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = err instanceof Error ? err : new Error(String(err));
+    this.opts.log.error('storage write failed; refusing writes until restart', { err });
+    metrics.internalErrors.inc();
+  }
+}
