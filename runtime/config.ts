@@ -56,6 +56,8 @@ export interface Config {
   replicas: number;
   /** One Raft tick (elections take 10 ticks, heartbeats 1). */
   tickMs: number;
+  /** Entries a leader keeps in its log for a lagging follower past what its state store holds; beyond, the follower gets a snapshot. */
+  lagEntriesMax: number;
 }
 
 export class ConfigError extends Error {
@@ -124,7 +126,7 @@ export function loadConfig(env: Env = process.env): Config {
   };
 }
 
-function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs'> {
+function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs' | 'lagEntriesMax'> {
   const raw = env.FASTPACA_PEERS ?? '';
   const peers = raw.trim() === '' ? undefined : parsePeers(raw, nodeId);
   const own = peers?.find((p) => p.id === nodeId)?.port;
@@ -135,5 +137,6 @@ function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort'
     clusterId: env.FASTPACA_CLUSTER_ID || 'fastpaca',
     replicas: int(env, 'FASTPACA_REPLICAS', 3, 1, 7),
     tickMs: int(env, 'FASTPACA_TICK_MS', 100, 10, 10_000),
+    lagEntriesMax: int(env, 'FASTPACA_RAFT_LAG_ENTRIES', 20_000, 0, 10_000_000),
   };
 }

@@ -23,8 +23,6 @@ interface Mark {
   stamps: Map<number, number>;
 }
 
-/** Entries a leader keeps for a follower that lags, beyond what its store holds, before it compacts anyway (the follower then gets a snapshot). */
-const LagEntriesMax = 20_000;
 
 /**
  * Refused because this replica does not lead the group: the caller routes to `leader` (a Raft
@@ -60,7 +58,7 @@ export interface ReplicaHostOptions {
  * store holds. A round runs in the event-loop turn after anything happened to a group (a
  * proposal, a message, a tick): persist, send, apply, answer — Raft's order. Once the store
  * holds a group's commands on disk, its log is compacted to them (a leader keeps up to
- * LagEntriesMax more for a follower that lags; past that the follower gets a snapshot, which
+ * FASTPACA_RAFT_LAG_ENTRIES more for a follower that lags; past that the follower gets a snapshot, which
  * is the store's range of the group).
  */
 export class ReplicaHost {
@@ -299,7 +297,7 @@ export class ReplicaHost {
       const match = this.replicas.status(g)?.match;
       if (match !== undefined) {
         const lowest = Math.min(...Object.values(match));
-        if (target - lowest < LagEntriesMax) target = Math.min(target, lowest);
+        if (target - lowest <= this.opts.config.lagEntriesMax) target = Math.min(target, lowest);
       }
       targets.set(g, target);
     }

@@ -1,0 +1,113 @@
+import path from 'node:path';
+import { call, freePort, startServer, tempDir, type TestServer } from './server.js';
+
+export interface ClusterNode {
+  id: string;
+  dataDir: string;
+  clusterPort: number;
+  server: TestServer | undefined;
+}
+
+/**
+ * Real node processes forming one cluster on 127.0.0.1: every node's cluster port is chosen up
+ * front (FASTPACA_PEERS lists them all), each keeps its data directory across restarts.
+ * `route` maps a node's cluster port to the port its peers dial (a fault proxy's), when given.
+ */
+export class TestCluster {
+  private constructor(
+    readonly nodes: ClusterNode[],
+    private readonly env: Record<string, string>,
+    private readonly peers: string,
+  ) {}
+
+  static async start(n: number, opts: { env?: Record<string, string>; peerPort?: (node: number, clusterPort: number) => Promise<number> } = {}): Promise<TestCluster> {
+    const root = tempDir('fastpaca-cluster-');
+    const nodes: ClusterNode[] = [];
+    for (let i = 0; i < n; i++) nodes.push({ id: `n${i}`, dataDir: path.join(root, `n${i}`), clusterPort: await freePort(), server: undefined });
+    const dialed = await Promise.all(nodes.map((node, i) => (opts.peerPort ? opts.peerPort(i, node.clusterPort) : Promise.resolve(node.clusterPort))));
+    const peers = nodes.map((node, i) => `${node.id}=127.0.0.1:${dialed[i]}`).join(',');
+    const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, peers);
+    await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
+    return cluster;
+  }
+
+  /** Starts node i (again), with its data directory; resolves once it is ready. */
+  async startNode(i: number, env: Record<string, string> = {}): Promise<TestServer> {
+    const node = this.nodes[i]!;
+    node.server = await startServer({
+      dataDir: node.dataDir,
+      env: { ...this.env, FASTPACA_NODE_ID: node.id, FASTPACA_PEERS: this.peers, FASTPACA_CLUSTER_PORT: String(node.clusterPort), ...env },
+    });
+    return node.server;
+  }
+
+  /** Nodes that are running. */
+  live(): ClusterNode[] {
+    return this.nodes.filter((n) => n.server !== undefined && n.server.pid !== undefined);
+  }
+
+  url(i: number): string {
+    const s = this.nodes[i]!.server;
+    if (!s) throw new Error(`node ${i} is not running`);
+    return s.url;
+  }
+
+  async kill(i: number): Promise<void> {
+    await this.nodes[i]!.server?.kill();
+    this.nodes[i]!.server = undefined;
+  }
+
+  async stop(i: number): Promise<void> {
+    await this.nodes[i]!.server?.stop();
+    this.nodes[i]!.server = undefined;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.nodes.map((_, i) => this.stop(i)));
+  }
+
+  /** GET /v1/cluster of node i. */
+  async view(i: number): Promise<ClusterViewBody> {
+    return (await call<ClusterViewBody>(this.url(i), 'GET', '/v1/cluster')).body;
+  }
+
+  /** The index of the node that leads `group` as node `via` sees it (undefined: none known). */
+  async leaderOf(group: number, via: number): Promise<number | undefined> {
+    const st = (await this.view(via)).group_status.find((s) => s.group === group);
+    const idx = this.nodes.findIndex((n) => n.id === st?.leader);
+    return idx < 0 ? undefined : idx;
+  }
+
+  /**
+   * Waits until every running node that replicates a group has applied the same index for it
+   * as its leader has committed: the replicas have caught up.
+   */
+  async converged(timeoutMs = 20_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      const views = await Promise.all(this.nodes.map((n, i) => (n.server ? this.view(i) : undefined)));
+      const lagging: string[] = [];
+      const byGroup = new Map<number, Array<{ node: string; applied: number; commit: number; leader: string | null }>>();
+      for (const v of views) for (const s of v?.group_status ?? []) byGroup.set(s.group, [...(byGroup.get(s.group) ?? []), { node: v!.node, applied: s.applied, commit: s.commit, leader: s.leader }]);
+      for (const [g, replicas] of byGroup) {
+        const leader = replicas.find((r) => r.node === r.leader);
+        if (!leader) lagging.push(`group ${g}: no leader`);
+        else for (const r of replicas) if (r.applied !== leader.commit) lagging.push(`group ${g}: ${r.node} applied ${r.applied}, leader committed ${leader.commit}`);
+      }
+      if (lagging.length === 0) return;
+      last = lagging.slice(0, 5).join('; ');
+      if (Date.now() > until) throw new Error(`replicas did not converge: ${last}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+export interface ClusterViewBody {
+  node: string;
+  nodes: Array<{ id: string; connected: boolean; self: boolean }>;
+  hosted: number;
+  leading: number;
+  without_leader: number;
+  group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[] }>;
+}
