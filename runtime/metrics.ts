@@ -127,6 +127,16 @@ export const metrics = {
     help: 'Messages from peers dropped because they did not have the expected shape',
     registers: [registry],
   }),
+  snapshotsInstalled: new client.Counter({
+    name: 'fastpaca_snapshots_installed_total',
+    help: 'Group snapshots this node installed from a leader (it had fallen behind a compacted log)',
+    registers: [registry],
+  }),
+  snapshotsBuilt: new client.Counter({
+    name: 'fastpaca_snapshots_built_total',
+    help: 'Group snapshots this node built from its state store for a lagging replica',
+    registers: [registry],
+  }),
   forwarded: new client.Counter({
     name: 'fastpaca_forwarded_requests_total',
     help: 'Requests this node forwarded to the leader of their group on another node',

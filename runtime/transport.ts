@@ -183,6 +183,14 @@ export class Transport {
     return true;
   }
 
+  /** Forgets what is queued for `peer` (a caller whose messages go stale once the peer is gone). */
+  discard(peer: string): void {
+    const p = this.peers.get(peer);
+    if (p === undefined) return;
+    p.queue = [];
+    p.queueBytes = 0;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.keepalive);

@@ -311,15 +311,21 @@ export class ClusterGroups implements Groups {
 
   private peerChanged(peer: string, connected: boolean): void {
     this.log.info(connected ? 'peer connected' : 'peer disconnected', { peer });
+    if (connected) return;
+    // Raft sends again what matters once the peer is back; a forwarded request must not be
+    // run there later, after its caller was told it failed.
+    this.transport.discard(peer);
     // Whatever was sent to a peer whose connection dropped may or may not have been done there.
-    if (!connected) this.failOutstanding((o) => o.peer === peer, `the connection to node ${peer} was lost; retry`);
+    this.failOutstanding((o) => o.peer === peer, `the connection to node ${peer} was lost; retry`);
   }
 
   // ---- from peers --------------------------------------------------------------------------------
 
   private sendRaft(to: number, group: number, message: Message): void {
     const node = this.byRaftId.get(to);
-    if (node === undefined || node === this.config.nodeId) return;
+    // To a peer that is not connected: dropped, not queued (Raft's heartbeats and probes send
+    // again what is still needed once it is back; stale appends would only cost bandwidth).
+    if (node === undefined || node === this.config.nodeId || !this.transport.connected(node)) return;
     this.transport.send(node, { t: 'r', g: group, m: message });
   }
 

@@ -73,6 +73,8 @@ export class ReplicaHost {
   /** Stamps not yet handed to the state writer (a round's, plus installed snapshots'). */
   private stamps = new Map<number, number>();
   private readonly durable = new Map<number, number>();
+  /** Marks the store has committed and not yet reported durable, oldest first. */
+  private readonly committed: Mark[] = [];
   private failed: Error | undefined;
   private closed = false;
   private preparing = 0;
@@ -146,6 +148,7 @@ export class ReplicaHost {
       queuedMax: config.pendingMax,
       snapshotOf: (g) => {
         const { applied, data } = this.store.readGroup(g);
+        metrics.snapshotsBuilt.inc();
         return { index: applied, data: this.packr.pack(data) };
       },
       install: (g, snapshot) => this.install(g, snapshot),
@@ -275,6 +278,7 @@ export class ReplicaHost {
 
   private install(group: number, snapshot: Snapshot): void {
     this.view.replaceGroup(group, this.packr.unpack(snapshot.data) as GroupData);
+    metrics.snapshotsInstalled.inc();
     this.stamps.set(group, Math.max(this.stamps.get(group) ?? 0, snapshot.meta.index));
     this.opts.log.info('installed a snapshot of a group from its leader', { group, index: snapshot.meta.index, bytes: snapshot.data.byteLength });
   }
@@ -283,14 +287,22 @@ export class ReplicaHost {
     if (this.failed) return;
     this.store.root.resetReadTxn(); // see what lmdb-js's write thread committed before letting go
     while (this.unreleased.length > 0 && this.unreleased[0]!.seq <= mark.seq) this.buffer.release(this.unreleased.shift()!.writes);
+    this.committed.push(mark);
     metrics.bufferedWrites.set(this.buffer.size);
   }
 
-  /** The store holds these stamps on disk: the groups' logs may forget what they cover. */
+  /**
+   * The store holds `mark` on disk, and every mark committed before it (one fsync covers them
+   * all): the groups' logs may forget what they cover.
+   */
   private onDurable(mark: Mark): void {
     if (this.failed) return;
+    const stamps = new Map<number, number>();
+    while (this.committed.length > 0 && this.committed[0]!.seq <= mark.seq) {
+      for (const [g, index] of this.committed.shift()!.stamps) stamps.set(g, Math.max(stamps.get(g) ?? 0, index));
+    }
     const targets = new Map<number, number>();
-    for (const [g, index] of mark.stamps) {
+    for (const [g, index] of stamps) {
       this.durable.set(g, Math.max(this.durable.get(g) ?? 0, index));
       let target = this.durable.get(g)!;
       // A leader keeps, within a bound, what a lagging follower still needs from the log.

@@ -128,6 +128,7 @@ export class GroupReplicas {
     for (const g of opts.groups) {
       const storage = opts.wal.group(g);
       const snap = storage.snapshot();
+      const snapshots = opts.snapshotOf === undefined ? undefined : new StoreSnapshots(storage, () => opts.snapshotOf!(g));
       if (snap.meta.index > opts.appliedOf(g) && snap.data.byteLength > 0) {
         // A leader's snapshot the state store did not hold durably before the stop: install it again.
         assert(opts.install !== undefined, `group ${g} has a snapshot to install and nothing to install it with`);
@@ -145,13 +146,15 @@ export class GroupReplicas {
         g,
         new RawNode({
           id: opts.raftId,
-          storage: opts.snapshotOf === undefined ? storage : new StoreSnapshots(storage, () => opts.snapshotOf!(g)),
+          storage: snapshots ?? storage,
           random: opts.random(g),
           applied,
           ...(opts.electionTicks === undefined ? {} : { electionTicks: opts.electionTicks }),
           ...(opts.heartbeatTicks === undefined ? {} : { heartbeatTicks: opts.heartbeatTicks }),
         }),
       );
+      // The core reads the snapshot's index when it starts: the log's own, not a copy of the store.
+      if (snapshots) snapshots.live = true;
       this.waiting.set(g, new Map());
       // A restarted group has committed entries to apply before anything else happens to it.
       this.active.add(g);
@@ -391,6 +394,8 @@ export class GroupReplicas {
  * passes what the store holds durably): the log itself keeps no state machine data.
  */
 class StoreSnapshots implements Storage {
+  /** Off while the core starts (it reads the snapshot's index then); on once it may send snapshots. */
+  live = false;
   constructor(
     private readonly inner: WalGroupStorage,
     private readonly read: () => { index: number; data: Uint8Array },
@@ -412,6 +417,7 @@ class StoreSnapshots implements Storage {
   }
   snapshot(): Snapshot {
     const own = this.inner.snapshot();
+    if (!this.live) return own;
     const { index, data } = this.read();
     // Behind the compaction point: this replica installed a leader's snapshot that its store
     // has not committed yet; the log still holds that snapshot's data.
