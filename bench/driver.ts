@@ -13,6 +13,8 @@ import { LatencyHistogram } from './histogram.js';
 export interface LoadOptions {
   host: string;
   port: number;
+  /** Several servers (a cluster's nodes): connection c goes to servers[c mod n] instead of host:port. */
+  servers?: ReadonlyArray<{ host: string; port: number }>;
   connections: number;
   durationS: number;
   warmupS: number;
@@ -267,7 +269,7 @@ export function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
     const connect = (c: Conn): void => {
       if (stopping) return;
-      const socket = net.connect({ host, port });
+      const socket = net.connect(opts.servers?.length ? opts.servers[c.id % opts.servers.length]! : { host, port });
       c.socket = socket;
       c.pending = null;
       c.bodyLeft = -1;

@@ -19,6 +19,8 @@ export interface BenchArgs {
   json: boolean;
   durationS?: number;
   connections?: number;
+  /** append: also measure a local cluster of this many nodes (3 replicas), beside the single node. */
+  cluster?: number;
 }
 
 type Scenario = (args: BenchArgs, run: RunState) => Promise<number>;
@@ -73,6 +75,10 @@ export async function runBench(scenario: string, args: BenchArgs): Promise<numbe
   }
   if (args.connections !== undefined && !(Number.isInteger(args.connections) && args.connections >= 1 && args.connections <= 10_000)) {
     process.stderr.write('bench: connections must be a whole number between 1 and 10000\n');
+    return 2;
+  }
+  if (args.cluster !== undefined && !(Number.isInteger(args.cluster) && args.cluster >= 2 && args.cluster <= 9)) {
+    process.stderr.write('bench: --cluster must be a whole number of nodes from 2 to 9\n');
     return 2;
   }
   const state: RunState = { children: [], tempDirs: [] };
@@ -137,20 +143,29 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
   });
   await stopChild(echo);
 
-  const load = async (target: Target): Promise<LoadResult> => {
-    log(`driving appends: ${connections} connections, ${warmupS}s warmup + ${durationS}s`);
-    return runLoad({ host: target.host, port: target.port, connections, durationS, warmupS, expectStatus: 201, request: appendRequests(target, connections) });
+  const load = async (target: Target, all?: Target[]): Promise<LoadResult> => {
+    log(`driving appends: ${connections} connections${all ? ` spread over ${all.length} nodes` : ''}, ${warmupS}s warmup + ${durationS}s`);
+    const servers = all?.map((t) => ({ host: t.host, port: t.port }));
+    return runLoad({ host: target.host, port: target.port, ...(servers ? { servers } : {}), connections, durationS, warmupS, expectStatus: 201, request: appendRequests(target, connections) });
   };
 
   const rows: Array<readonly [string, LoadResult]> = [['echo (bare uWS)', baseline]];
   let result: LoadResult;
   let singleThread: LoadResult | undefined;
   const workers = process.env.FASTPACA_WORKERS || String(Math.max(1, os.availableParallelism() - 1));
+  let singleNode: LoadResult | undefined;
   if (args.url !== undefined) {
-    const target = targetFromUrl(args.url);
-    await prepareNode(target, undefined);
-    result = await load(target);
+    // A comma list of URLs (a cluster's nodes): connections are spread over them.
+    const targets = args.url.split(',').map((u) => targetFromUrl(u.trim()));
+    await prepareNode(targets[0]!, undefined);
+    result = await load(targets[0]!, targets.length > 1 ? targets : undefined);
     rows.push(['append', result]);
+  } else if (args.cluster !== undefined) {
+    // The single node first (as configured), then the cluster, each alone on the machine.
+    singleNode = await withNode(run, {}, log, (t) => load(t));
+    rows.push(['append (single node)', singleNode]);
+    result = await withCluster(run, args.cluster, log, load);
+    rows.push([`append (${args.cluster}-node cluster)`, result]);
   } else {
     // The groups on the gateway's thread (FASTPACA_WORKERS=0), then on worker threads as
     // configured: what the worker threads buy, measured in the same run.
@@ -166,6 +181,7 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
   printTable(rows);
   process.stdout.write(`ratio append/echo: ${ratio.toFixed(3)}\n`);
   if (singleThread) process.stdout.write(`ratio workers/1 thread: ${(result.ops_per_s / singleThread.ops_per_s).toFixed(3)}\n`);
+  if (singleNode) process.stdout.write(`ratio cluster/single node: ${(result.ops_per_s / singleNode.ops_per_s).toFixed(3)}\n`);
   for (const [name, r] of rows) {
     if (r.first_error !== undefined) process.stdout.write(`${name}: first error: ${r.first_error}\n`);
   }
@@ -180,7 +196,15 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
       baseline_per_s: Math.round(baseline.ops_per_s),
       ratio: round(ratio, 3),
       driver_cpu_pct: round(result.driver_cpu_pct, 1),
-      ...(args.url === undefined ? { workers: Number(workers) } : {}),
+      ...(args.url === undefined && args.cluster === undefined ? { workers: Number(workers) } : {}),
+      ...(singleNode
+        ? {
+            nodes: args.cluster,
+            single_node_per_s: Math.round(singleNode.ops_per_s),
+            single_node_p99_ms: round(singleNode.p99_ms, 3),
+            ratio_vs_single_node: round(result.ops_per_s / singleNode.ops_per_s, 3),
+          }
+        : {}),
       ...(singleThread
         ? {
             single_thread_per_s: Math.round(singleThread.ops_per_s),
@@ -205,6 +229,41 @@ async function withNode(run: RunState, env: Record<string, string>, log: (msg: s
   await prepareNode(target, node);
   const result = await measure(target);
   await stopChild(node);
+  return result;
+}
+
+/**
+ * Starts a cluster of `n` node processes on fresh data dirs (each node's groups on its gateway
+ * thread, FASTPACA_REPLICAS as configured, default 3), waits until every node is ready, creates
+ * the contexts through the first, measures with the connections spread over all nodes, stops it.
+ */
+async function withCluster(run: RunState, n: number, log: (msg: string) => void, measure: (target: Target, all: Target[]) => Promise<LoadResult>): Promise<LoadResult> {
+  const ports = await Promise.all(Array.from({ length: n }, () => freePort()));
+  const clusterPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
+  const peers = clusterPorts.map((p, i) => `bench-${i}=127.0.0.1:${p}`).join(',');
+  const nodes: ChildProcess[] = [];
+  for (let i = 0; i < n; i++) {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fastpaca-bench-'));
+    run.tempDirs.push(dataDir);
+    nodes.push(
+      spawnChild(run, [NODE_SCRIPT, 'serve'], {
+        ...process.env,
+        PORT: String(ports[i]),
+        HOST: '127.0.0.1',
+        FASTPACA_DATA_DIR: dataDir,
+        FASTPACA_NODE_ID: `bench-${i}`,
+        FASTPACA_PEERS: peers,
+        FASTPACA_CLUSTER_PORT: String(clusterPorts[i]),
+        LOG_LEVEL: 'warn',
+      }),
+    );
+  }
+  log(`started a ${n}-node cluster on 127.0.0.1 ports ${ports.join(', ')}`);
+  const targets = ports.map((port): Target => ({ host: '127.0.0.1', port, base: '', hostHeader: 'localhost', headers: {} }));
+  for (const [i, t] of targets.entries()) await waitReady(`http://127.0.0.1:${t.port}`, {}, nodes[i]);
+  await prepareNode(targets[0]!, nodes[0]);
+  const result = await measure(targets[0]!, targets);
+  await Promise.all(nodes.map((c) => stopChild(c)));
   return result;
 }
 

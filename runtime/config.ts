@@ -54,8 +54,12 @@ export interface Config {
   clusterId: string;
   /** Replicas per group, capped by the node count. */
   replicas: number;
-  /** One Raft tick (elections take 10 ticks, heartbeats 1). */
+  /** One Raft tick. */
   tickMs: number;
+  /** A follower that hears nothing from its leader for this many ticks (up to twice it, at random) campaigns. */
+  electionTicks: number;
+  /** A leader sends heartbeats every this many ticks. */
+  heartbeatTicks: number;
   /** Entries a leader keeps in its log for a lagging follower past what its state store holds; beyond, the follower gets a snapshot. */
   lagEntriesMax: number;
 }
@@ -126,7 +130,7 @@ export function loadConfig(env: Env = process.env): Config {
   };
 }
 
-function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs' | 'lagEntriesMax'> {
+function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'lagEntriesMax'> {
   const raw = env.FASTPACA_PEERS ?? '';
   const peers = raw.trim() === '' ? undefined : parsePeers(raw, nodeId);
   const own = peers?.find((p) => p.id === nodeId)?.port;
@@ -137,6 +141,8 @@ function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort'
     clusterId: env.FASTPACA_CLUSTER_ID || 'fastpaca',
     replicas: int(env, 'FASTPACA_REPLICAS', 3, 1, 7),
     tickMs: int(env, 'FASTPACA_TICK_MS', 100, 10, 10_000),
+    electionTicks: int(env, 'FASTPACA_ELECTION_TICKS', 10, 3, 1_000),
+    heartbeatTicks: int(env, 'FASTPACA_HEARTBEAT_TICKS', 2, 1, 100),
     lagEntriesMax: int(env, 'FASTPACA_RAFT_LAG_ENTRIES', 20_000, 0, 10_000_000),
   };
 }

@@ -183,6 +183,11 @@ export class Transport {
     return true;
   }
 
+  /** Writes what is queued for every peer to its socket now, instead of at the end of the turn. */
+  flushNow(): void {
+    for (const peer of this.peers.values()) if (peer.queue.length > 0) this.flush(peer);
+  }
+
   /** Forgets what is queued for `peer` (a caller whose messages go stale once the peer is gone). */
   discard(peer: string): void {
     const p = this.peers.get(peer);

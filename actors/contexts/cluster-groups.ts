@@ -128,6 +128,10 @@ export class ClusterGroups implements Groups {
         counter,
         log,
         send: (to, group, message) => self?.sendRaft(to, group, message),
+        sendNow: (messages) => {
+          for (const { group, message } of messages) self?.sendRaft(message.to, group, message);
+          transport.flushNow();
+        },
       });
       await transport.start();
     } catch (err) {

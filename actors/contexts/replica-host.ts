@@ -49,6 +49,8 @@ export interface ReplicaHostOptions {
   log: Logger;
   /** Sends a Raft message of `group` to node `to` (a Raft id); called once the round is durable. */
   send: (to: number, group: number, message: Message) => void;
+  /** Sends a leader's appends before the round's fsync, and flushes them to the sockets at once. */
+  sendNow?: (messages: Array<{ group: number; message: Message }>) => void;
 }
 
 /**
@@ -146,12 +148,15 @@ export class ReplicaHost {
       random: (g) => new Xoshiro128((this.opts.raftId * 65_537 + g) >>> 0 || 1),
       log: this.opts.log,
       queuedMax: config.pendingMax,
+      electionTicks: config.electionTicks,
+      heartbeatTicks: config.heartbeatTicks,
       snapshotOf: (g) => {
         const { applied, data } = this.store.readGroup(g);
         metrics.snapshotsBuilt.inc();
         return { index: applied, data: this.packr.pack(data) };
       },
       install: (g, snapshot) => this.install(g, snapshot),
+      ...(this.opts.sendNow ? { sendEarly: this.opts.sendNow } : {}),
     });
     for (const g of this.opts.groups) this.durable.set(g, this.store.groupApplied(g));
     this.scheduleRound();
@@ -201,9 +206,13 @@ export class ReplicaHost {
   }
 
   private propose(group: number, cmd: Parameters<GroupReplicas['propose']>[1]): Promise<CommandResult> {
+    const started = performance.now();
     const answer = this.replicas.propose(group, cmd);
     this.scheduleRound();
-    return answer;
+    return answer.then((r) => {
+      metrics.commitSeconds.observe((performance.now() - started) / 1000);
+      return r;
+    });
   }
 
   /**
@@ -257,12 +266,14 @@ export class ReplicaHost {
   private round(): void {
     if (this.failed || this.closed) return;
     let result;
+    const started = performance.now();
     try {
       result = this.replicas.round();
     } catch (err) {
       this.fail(err);
       return;
     }
+    metrics.raftRoundSeconds.observe((performance.now() - started) / 1000);
     for (const { group, message } of result.messages) this.opts.send(message.to, group, message);
     for (const [g, index] of result.applied) this.stamps.set(g, Math.max(this.stamps.get(g) ?? 0, index));
     if (this.stamps.size > 0) {

@@ -5,7 +5,7 @@ import { decodeConfChange } from '../raft/conf-change.js';
 import type { Random } from '../raft/random.js';
 import { RawNode } from '../raft/raw-node.js';
 import type { InitialState, Storage } from '../raft/storage.js';
-import { EntryType, StateRole, type Entry, type Message, type Snapshot } from '../raft/types.js';
+import { EntryType, MessageKind, StateRole, type Entry, type Message, type Snapshot } from '../raft/types.js';
 import type { RaftWal, WalGroupStorage } from '../raft/wal-storage.js';
 import { applySafely, type MachineOptions } from './state-machine.js';
 import type { StateView } from './state-view.js';
@@ -40,7 +40,17 @@ export interface ReplicasOptions {
   snapshotOf?: (group: number) => { index: number; data: Uint8Array };
   /** Replaces group g's state in `view` with a leader's snapshot (installed, or replayed after a restart). */
   install?: (group: number, snapshot: Snapshot) => void;
+  /**
+   * Takes a leader's appends, heartbeats and snapshot chunks before the round's fsync, to send
+   * them at once: a leader may write its log in parallel with replicating it (Raft thesis
+   * §10.2.1), because it counts itself towards a commit only once its own write is durable.
+   * Without it they leave with the round's other messages, after the fsync.
+   */
+  sendEarly?: (messages: Array<{ group: number; message: Message }>) => void;
 }
+
+/** What a leader may send before its own log write is durable. */
+const EarlyKinds: ReadonlySet<string> = new Set([MessageKind.App, MessageKind.Heartbeat, MessageKind.Snap]);
 
 /** What GET /v1/cluster shows of a group. */
 export interface GroupStatus {
@@ -291,8 +301,22 @@ export class GroupReplicas {
         if (rd.hardState) storage.setHardState(rd.hardState);
         sync ||= rd.mustSync;
       }
+      const early = this.opts.sendEarly;
+      if (early !== undefined && sync) {
+        // Only a leader sends these kinds, and it became leader in an earlier round, whose
+        // fsync made its term and vote durable.
+        const out: Array<{ group: number; message: Message }> = [];
+        for (const { g, node, rd } of readies) {
+          if (node.raft.role !== StateRole.Leader) continue;
+          for (const message of rd.messages) if (EarlyKinds.has(message.kind)) out.push({ group: g, message });
+        }
+        if (out.length > 0) early(out);
+      }
       if (sync && !this.persist()) return;
-      for (const { g, rd } of readies) for (const message of rd.messages) result.messages.push({ group: g, message });
+      for (const { g, node, rd } of readies) {
+        const sent = early !== undefined && sync && node.raft.role === StateRole.Leader;
+        for (const message of rd.messages) if (!(sent && EarlyKinds.has(message.kind))) result.messages.push({ group: g, message });
+      }
       for (const { g, node, rd } of readies) {
         if (rd.snapshot !== undefined) {
           // Everything this replica held of the group is replaced; a proposal waiting here is not
