@@ -3,9 +3,8 @@
  * of three replicas over the TCP transport.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
 import { groupOf } from '../../runtime/hash.js';
-import { TestCluster } from '../support/cluster.js';
+import { TestCluster, assertReplicasIdentical } from '../support/cluster.js';
 import { call } from '../support/server.js';
 
 const Groups = 256;
@@ -36,28 +35,6 @@ async function appendRetrying(url: () => string, id: string, body: unknown, key:
     if (Date.now() - started > timeoutMs) throw new Error(`no append acknowledged within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-/** Every group's state in each stopped node's store, compared across the nodes that replicate it. */
-async function assertReplicasIdentical(c: TestCluster): Promise<number> {
-  const states = new Map<string, Map<number, string>>();
-  for (const node of c.nodes) {
-    const store = LmdbStore.open(node.dataDir, Groups);
-    const groups = new Map<number, string>();
-    for (let g = 0; g < Groups; g++) {
-      const { applied, data } = store.readGroup(g);
-      if (applied > 0) groups.set(g, JSON.stringify({ applied, data }));
-    }
-    states.set(node.id, groups);
-    await store.close();
-  }
-  let compared = 0;
-  for (let g = 0; g < Groups; g++) {
-    const copies = [...states.values()].map((m) => m.get(g)).filter((s) => s !== undefined);
-    for (const copy of copies) expect(copy).toBe(copies[0]);
-    if (copies.length > 1) compared++;
-  }
-  return compared;
 }
 
 describe('a cluster of three node processes', () => {

@@ -1,4 +1,6 @@
 import path from 'node:path';
+import { expect } from 'vitest';
+import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
 import { call, freePort, startServer, tempDir, type TestServer } from './server.js';
 
 export interface ClusterNode {
@@ -17,26 +19,36 @@ export class TestCluster {
   private constructor(
     readonly nodes: ClusterNode[],
     private readonly env: Record<string, string>,
-    private readonly peers: string,
+    /** Node i's FASTPACA_PEERS. */
+    private readonly peers: string[],
   ) {}
 
-  static async start(n: number, opts: { env?: Record<string, string>; peerPort?: (node: number, clusterPort: number) => Promise<number> } = {}): Promise<TestCluster> {
+  /**
+   * `dial(from, to, port)` gives the port node `from` dials to reach `to`, whose cluster port is
+   * `port` (a fault proxy's, between them), when given.
+   */
+  static async start(n: number, opts: { env?: Record<string, string>; dial?: (from: number, to: number, port: number) => Promise<number> } = {}): Promise<TestCluster> {
     const root = tempDir('fastpaca-cluster-');
     const nodes: ClusterNode[] = [];
     for (let i = 0; i < n; i++) nodes.push({ id: `n${i}`, dataDir: path.join(root, `n${i}`), clusterPort: await freePort(), server: undefined });
-    const dialed = await Promise.all(nodes.map((node, i) => (opts.peerPort ? opts.peerPort(i, node.clusterPort) : Promise.resolve(node.clusterPort))));
-    const peers = nodes.map((node, i) => `${node.id}=127.0.0.1:${dialed[i]}`).join(',');
+    const peers: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const entries: string[] = [];
+      for (let j = 0; j < n; j++) entries.push(`${nodes[j]!.id}=127.0.0.1:${i === j || !opts.dial ? nodes[j]!.clusterPort : await opts.dial(i, j, nodes[j]!.clusterPort)}`);
+      peers.push(entries.join(','));
+    }
     const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, peers);
     await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
     return cluster;
   }
 
-  /** Starts node i (again), with its data directory; resolves once it is ready. */
-  async startNode(i: number, env: Record<string, string> = {}): Promise<TestServer> {
+  /** Starts node i (again), with its data directory; resolves once it is ready (or only live). */
+  async startNode(i: number, env: Record<string, string> = {}, waitFor: 'ready' | 'live' = 'ready'): Promise<TestServer> {
     const node = this.nodes[i]!;
     node.server = await startServer({
       dataDir: node.dataDir,
-      env: { ...this.env, FASTPACA_NODE_ID: node.id, FASTPACA_PEERS: this.peers, FASTPACA_CLUSTER_PORT: String(node.clusterPort), ...env },
+      waitFor,
+      env: { ...this.env, FASTPACA_NODE_ID: node.id, FASTPACA_PEERS: this.peers[i]!, FASTPACA_CLUSTER_PORT: String(node.clusterPort), ...env },
     });
     return node.server;
   }
@@ -110,4 +122,30 @@ export interface ClusterViewBody {
   leading: number;
   without_leader: number;
   group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[] }>;
+}
+
+/**
+ * Opens the store of every (stopped) node of `c` and checks that each group's state, with the
+ * Raft index it reaches, is the same on every node that holds it. Returns how many groups were
+ * held by more than one node.
+ */
+export async function assertReplicasIdentical(c: TestCluster, groups = 256): Promise<number> {
+  const states: Array<Map<number, string>> = [];
+  for (const node of c.nodes) {
+    const store = LmdbStore.open(node.dataDir, groups);
+    const held = new Map<number, string>();
+    for (let g = 0; g < groups; g++) {
+      const { applied, data } = store.readGroup(g);
+      if (applied > 0) held.set(g, JSON.stringify({ applied, data }));
+    }
+    states.push(held);
+    await store.close();
+  }
+  let compared = 0;
+  for (let g = 0; g < groups; g++) {
+    const copies = states.map((m) => m.get(g)).filter((s) => s !== undefined);
+    for (const copy of copies) expect(copy, `group ${g}: every replica holds the same state`).toBe(copies[0]);
+    if (copies.length > 1) compared++;
+  }
+  return compared;
 }

@@ -46,7 +46,7 @@ process.on('exit', () => {
 });
 
 /** Starts `fastpaca serve` as a real process on a free port and waits until it is ready. */
-export async function startServer(opts: { dataDir?: string; env?: Record<string, string> } = {}): Promise<TestServer> {
+export async function startServer(opts: { dataDir?: string; env?: Record<string, string>; waitFor?: 'ready' | 'live' } = {}): Promise<TestServer> {
   const port = await freePort();
   const dataDir = opts.dataDir ?? tempDir();
   const child = spawn(process.execPath, [cli, 'serve'], {
@@ -68,7 +68,7 @@ export async function startServer(opts: { dataDir?: string; env?: Record<string,
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${out}`);
     try {
-      const r = await fetch(`${url}/health/ready`);
+      const r = await fetch(`${url}/health/${opts.waitFor ?? 'ready'}`);
       if (r.status === 200) break;
     } catch {
       // not listening yet
