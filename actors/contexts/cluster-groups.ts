@@ -5,12 +5,14 @@ import type { Logger } from '../../runtime/log.js';
 import { metrics, type ThreadMetrics } from '../../runtime/metrics.js';
 import { raftIdOf, replicasOf, type PeerSpec } from '../../runtime/placement.js';
 import { Transport } from '../../runtime/transport.js';
+import { ConfChangeOp, type ConfChange } from '../raft/conf-change.js';
 import type { Message } from '../raft/types.js';
 import { PoolTokenCounter } from '../tokenizer/pool.js';
 import { normalizeRaftMessage, peerMessageKind, validRaftMessage, type Answer, type Forward, type PeerMessage } from './cluster-wire.js';
 import type { Groups, Readiness } from './groups.js';
 import type { QueryResult } from './queries.js';
 import { NotLeaderError, ReplicaHost } from './replica-host.js';
+import type { GroupStatus } from './replicas.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
 import type { CommandResult, ContextState } from './types.js';
 
@@ -21,6 +23,12 @@ const NoLeaderWaitMs = 25;
 const NoLeaderWaitMaxMs = 200;
 /** Forwarded requests awaiting an answer, per node, before new ones are refused (503 overloaded). */
 const ForwardedMax = 50_000;
+/** The coordinator looks at every group this often, with this many groups at a time. */
+const CoordinateEveryMs = 1_000;
+const CoordinatorConcurrency = 16;
+
+/** Requests for one group's leader: write, read, membership change, leadership transfer, status. */
+type GroupOp = 'w' | 'q' | 'c' | 't' | 'g';
 
 interface Outstanding {
   peer: string;
@@ -39,7 +47,7 @@ export interface ClusterView {
   hosted: number;
   leading: number;
   without_leader: number;
-  group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[]; lag?: Record<string, number> }>;
+  group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[]; voters: string[]; learners: string[]; lag?: Record<string, number> }>;
 }
 
 /**
@@ -66,6 +74,8 @@ export class ClusterGroups implements Groups {
   private nextId = 1;
   private readonly ticker: NodeJS.Timeout;
   private readonly sweeper: NodeJS.Timeout;
+  private readonly coordinator: NodeJS.Timeout;
+  private coordinating = false;
   private closed = false;
   private readonly raftId: number;
   private readonly replicaCount: number;
@@ -86,6 +96,8 @@ export class ClusterGroups implements Groups {
     this.ticker = setInterval(() => this.host.tick(), config.tickMs);
     this.sweeper = setInterval(() => this.sweep(), 100);
     this.sweeper.unref();
+    this.coordinator = setInterval(() => void this.coordinate(), CoordinateEveryMs);
+    this.coordinator.unref();
   }
 
   get count(): number {
@@ -98,17 +110,17 @@ export class ClusterGroups implements Groups {
     const nodeIds = peers.map((p) => p.id);
     const replicas = Math.min(config.replicas, peers.length);
     const placement = (g: number) => replicasOf(g, nodeIds, replicas);
-    const hosted: number[] = [];
-    for (let g = 0; g < config.groups; g++) if (placement(g).includes(config.nodeId)) hosted.push(g);
+    const placed: number[] = [];
+    for (let g = 0; g < config.groups; g++) if (placement(g).includes(config.nodeId)) placed.push(g);
     const counter = new PoolTokenCounter(config.tokenizerThreads);
     let self: ClusterGroups | undefined;
-    const pending: Array<[string, unknown]> = [];
+    const early = new EarlyPeers();
     const transport = new Transport({
       clusterId: config.clusterId,
       nodeId: config.nodeId,
       listen: { host: config.host, port: config.clusterPort },
       peers: new Map(peers.filter((p) => p.id !== config.nodeId).map((p) => [p.id, { host: p.host, port: p.port }])),
-      onMessage: (from, message) => (self ? self.receive(from, message) : pending.length < 100_000 && pending.push([from, message])),
+      onMessage: (from, message) => (self ? self.receive(from, message) : early.receive(from, message, transport)),
       onPeer: (peer, connected) => self?.peerChanged(peer, connected),
       log,
       counters: {
@@ -120,11 +132,19 @@ export class ClusterGroups implements Groups {
     });
     let host: ReplicaHost | undefined;
     try {
+      await transport.start();
+      // A node founds its groups only on its first start, and only if no peer it can reach
+      // belongs to a cluster yet; otherwise it joins with empty groups, which the coordinator
+      // adds to their groups and their leaders bring up to date with snapshots.
+      const member = await ReplicaHost.isMember(config);
+      const join = member ? false : await early.discover(transport, nodeIds.filter((id) => id !== config.nodeId), log);
+      if (!member) log.info(join ? 'joining an existing cluster' : 'founding the cluster', { nodes: nodeIds });
       host = await ReplicaHost.open({
         config,
         raftId: raftIdOf(config.nodeId),
-        groups: hosted,
-        founders: (g) => placement(g).map(raftIdOf),
+        groups: placed,
+        // Never found a group once this node is part of a cluster: its groups came from there.
+        founders: (g) => (member || join ? [] : placement(g).map(raftIdOf)),
         counter,
         log,
         send: (to, group, message) => self?.sendRaft(to, group, message),
@@ -133,16 +153,15 @@ export class ClusterGroups implements Groups {
           transport.flushNow();
         },
       });
-      await transport.start();
     } catch (err) {
       await transport.close();
       await host?.close();
       await counter.close();
       throw err;
     }
-    self = new ClusterGroups(config, log, host, transport, counter, hosted);
-    for (const [from, message] of pending) self.receive(from, message);
-    log.info('cluster node started', { nodes: nodeIds, hosted: hosted.length, replicas });
+    self = new ClusterGroups(config, log, host, transport, counter, host.groups);
+    early.replay((from, message) => self!.receive(from, message));
+    log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
   }
 
@@ -167,7 +186,7 @@ export class ClusterGroups implements Groups {
     const remote = this.nodes
       .filter((n) => n.id !== this.config.nodeId && this.transport.connected(n.id))
       .map((n) => (this.call(n.id, { t: 'l', id: 0, ms, req }, ms) as Promise<Extract<QueryResult, { q: 'list' }>>).catch(() => ({ q: 'list' as const, contexts: [] })));
-    const local = this.host.list(req, (g) => this.host.leads(g) || this.leaderNode(g) === undefined) as Extract<QueryResult, { q: 'list' }>;
+    const local = this.host.list(req, (g) => this.host.member(g) && (this.host.leads(g) || this.leaderNode(g) === undefined)) as Extract<QueryResult, { q: 'list' }>;
     const byId = new Map<string, ContextState>();
     for (const part of [local, ...(await Promise.all(remote))]) for (const c of part.contexts) if (!byId.has(c.id) || byId.get(c.id)!.version < c.version) byId.set(c.id, c);
     const contexts = [...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -178,8 +197,15 @@ export class ClusterGroups implements Groups {
     const reason = this.host.unavailableReason;
     if (reason !== undefined) return { ready: false, reason };
     let without = 0;
-    for (const g of this.hosted) if (this.host.leaderOf(g) === 0) without++;
-    return without === 0 ? { ready: true } : { ready: false, reason: `${without} of the ${this.hosted.size} groups this node replicates have no known leader` };
+    let joining = 0;
+    const nodeIds = this.nodes.map((n) => n.id);
+    for (const g of this.hosted) {
+      if (!this.host.member(g)) {
+        if (replicasOf(g, nodeIds, this.replicaCount).includes(this.config.nodeId)) joining++;
+      } else if (this.host.leaderOf(g) === 0) without++;
+    }
+    if (joining > 0) return { ready: false, reason: `${joining} groups placed on this node have not added it yet` };
+    return without === 0 ? { ready: true } : { ready: false, reason: `${without} of the groups this node replicates have no known leader` };
   }
 
   metrics(): Promise<ThreadMetrics[]> {
@@ -205,6 +231,8 @@ export class ClusterGroups implements Groups {
         first_index: st.firstIndex,
         last_index: st.lastIndex,
         replicas: replicasOf(g, nodeIds, this.replicaCount),
+        voters: st.voters.map((id) => this.byRaftId.get(id) ?? String(id)),
+        learners: st.learners.map((id) => this.byRaftId.get(id) ?? String(id)),
       };
       if (st.match !== undefined) entry.lag = Object.fromEntries(Object.entries(st.match).map(([id, m]) => [this.byRaftId.get(Number(id)) ?? id, st.lastIndex - m]));
       groupStatus.push(entry);
@@ -226,6 +254,7 @@ export class ClusterGroups implements Groups {
     this.closed = true;
     clearInterval(this.ticker);
     clearInterval(this.sweeper);
+    clearInterval(this.coordinator);
     this.failOutstanding(() => true, 'the node is shutting down');
     await this.host.close();
     await this.transport.close();
@@ -236,11 +265,11 @@ export class ClusterGroups implements Groups {
 
   /** The node this one believes leads `group`, if any. */
   private leaderNode(group: number): string | undefined {
-    if (this.hosted.has(group)) return this.byRaftId.get(this.host.leaderOf(group));
+    if (this.host.member(group)) return this.byRaftId.get(this.host.leaderOf(group));
     return this.hints.get(group);
   }
 
-  private async route(group: number, t: 'w' | 'q', req: WriteRequest | ReadRequest): Promise<unknown> {
+  private async route(group: number, t: GroupOp, req: unknown): Promise<unknown> {
     const deadline = performance.now() + this.config.requestTimeoutMs;
     let target = this.leaderNode(group);
     let tried = 0;
@@ -248,7 +277,7 @@ export class ClusterGroups implements Groups {
       const left = deadline - performance.now();
       if (left <= 0) break;
       if (target === undefined) {
-        if (!this.hosted.has(group)) {
+        if (!this.host.member(group)) {
           // Not a replica here and no hint: ask the replicas in turn, they know their leader.
           const replicas = replicasOf(group, this.nodes.map((n) => n.id), this.replicaCount);
           target = replicas[tried++ % replicas.length];
@@ -260,13 +289,13 @@ export class ClusterGroups implements Groups {
         }
       }
       try {
-        if (target === this.config.nodeId) return await (t === 'w' ? this.host.submit(group, req as WriteRequest) : this.host.read(group, req as ReadRequest));
+        if (target === this.config.nodeId) return await this.runHere(t, group, req);
         metrics.forwarded.inc();
         return await this.call(target!, { t, id: 0, g: group, ms: Math.floor(left), req } as Forward, left);
       } catch (err) {
         if (err instanceof UnreachableError) {
           // Nothing was sent: the leader may have died; wait for the next one.
-          if (!this.hosted.has(group)) this.hints.delete(group);
+          if (!this.host.member(group)) this.hints.delete(group);
           await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
           target = this.leaderNode(group);
           if (target === err.peer && !this.transport.connected(err.peer)) target = undefined;
@@ -274,7 +303,7 @@ export class ClusterGroups implements Groups {
         }
         if (!(err instanceof NotLeaderError)) throw err;
         const hinted = this.byRaftId.get(err.leader);
-        if (!this.hosted.has(group)) {
+        if (!this.host.member(group)) {
           if (hinted === undefined) this.hints.delete(group);
           else this.hints.set(group, hinted);
         }
@@ -355,15 +384,98 @@ export class ClusterGroups implements Groups {
     }
   }
 
+  /** Runs a group's request on this node's replica, which must lead the group (else NotLeaderError). */
+  private runHere(t: GroupOp, group: number, req: unknown): Promise<unknown> {
+    if (!this.hosted.has(group)) return Promise.reject(new NotLeaderError(group, 0));
+    try {
+      switch (t) {
+        case 'w':
+          return this.host.submit(group, req as WriteRequest);
+        case 'q':
+          return this.host.read(group, req as ReadRequest);
+        case 'c': {
+          const cc = req as ConfChange;
+          if (!isConfChange(cc)) throw new FastpacaError('invalid_request', 'a membership change names an op and a node');
+          return this.host.changeMembership(group, cc);
+        }
+        case 't': {
+          const to = (req as { to?: unknown }).to;
+          if (typeof to !== 'number') throw new FastpacaError('invalid_request', 'a leadership transfer names a node');
+          return Promise.resolve(this.host.transferLeader(group, to));
+        }
+        case 'g':
+          if (!this.host.leads(group)) throw new NotLeaderError(group, this.host.leaderOf(group));
+          return Promise.resolve(this.host.status(group));
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  // ---- the coordinator -----------------------------------------------------------------------------
+
+  /** The live node with the smallest id, as this node sees it, moves replicas. */
+  private isCoordinator(): boolean {
+    for (const n of this.nodes) {
+      if (n.id === this.config.nodeId) return true;
+      if (this.transport.connected(n.id)) return false;
+    }
+    return false;
+  }
+
+  /**
+   * One pass of the coordinator: every group is brought one membership change closer to its
+   * placement over the nodes of FASTPACA_PEERS. The order keeps every group at its replica count
+   * or above: add the new node as a learner, promote it once it has caught up, then remove the
+   * node that lost the slot (handing leadership away first if it leads). Idempotent: every
+   * decision is made from the leader's current membership, so a new coordinator simply goes on.
+   */
+  private async coordinate(): Promise<void> {
+    if (this.coordinating || this.closed || !this.isCoordinator()) return;
+    this.coordinating = true;
+    try {
+      const nodeIds = this.nodes.map((n) => n.id);
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (!this.closed && next < this.config.groups) {
+          const g = next++;
+          const desired = replicasOf(g, nodeIds, this.replicaCount).map(raftIdOf);
+          let st: GroupStatus;
+          try {
+            st = (await this.route(g, 'g', {})) as GroupStatus;
+          } catch {
+            continue; // no leader now: the next pass
+          }
+          const step = nextMembershipStep(st, desired);
+          if (step === undefined) continue;
+          const name = (id: number) => this.byRaftId.get(id) ?? String(id);
+          this.log.info('moving a replica', { group: g, step: step.t === 'c' ? `${step.req.op} ${name(step.req.node)}` : `transfer leadership to ${name(step.req.to)}` });
+          try {
+            await this.route(g, step.t, step.req);
+          } catch (err) {
+            this.log.debug('a membership step failed; the next pass tries again', { group: g, err: (err as Error).message });
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: CoordinatorConcurrency }, worker));
+    } finally {
+      this.coordinating = false;
+    }
+  }
+
   /** Runs a peer's forwarded request here (never forwarding it again) and answers it. */
   private serve(from: string, f: Forward): void {
     let work: Promise<unknown>;
     switch (f.t) {
       case 'w':
-        work = this.hosted.has(f.g) ? this.host.submit(f.g, f.req) : Promise.reject(new NotLeaderError(f.g, 0));
-        break;
       case 'q':
-        work = this.hosted.has(f.g) ? this.host.read(f.g, f.req) : Promise.reject(new NotLeaderError(f.g, 0));
+      case 'c':
+      case 't':
+      case 'g':
+        work = this.runHere(f.t, f.g, f.req);
+        break;
+      case 'f':
+        work = Promise.resolve(true);
         break;
       case 'l':
         work = Promise.resolve(this.host.list(f.req, (g) => this.host.leads(g)));
@@ -376,6 +488,83 @@ export class ClusterGroups implements Groups {
       (ok) => this.transport.send(from, { t: 'a', id: f.id, ok } satisfies Answer),
       (err: unknown) => this.transport.send(from, { t: 'a', id: f.id, err: toWire(err) } satisfies Answer),
     );
+  }
+}
+
+function isConfChange(cc: unknown): cc is ConfChange {
+  const c = cc as Partial<ConfChange> | null;
+  return typeof c === 'object' && c !== null && Object.values(ConfChangeOp).includes(c.op as ConfChangeOp) && typeof c.node === 'number' && Number.isSafeInteger(c.node) && c.node >= 1;
+}
+
+/**
+ * The next membership change that brings a group (as its leader reports it) towards `desired`
+ * (Raft ids), or undefined when it is there or must wait (a learner still catching up).
+ */
+export function nextMembershipStep(st: GroupStatus, desired: readonly number[]): { t: 'c'; req: ConfChange } | { t: 't'; req: { to: number } } | undefined {
+  const match = st.match ?? {};
+  const missing = desired.find((d) => !st.voters.includes(d) && !st.learners.includes(d));
+  if (missing !== undefined) return { t: 'c', req: { op: ConfChangeOp.AddLearner, node: missing } };
+  const stray = st.learners.find((l) => !desired.includes(l));
+  if (stray !== undefined) return { t: 'c', req: { op: ConfChangeOp.Remove, node: stray } };
+  const learner = st.learners.find((l) => desired.includes(l));
+  if (learner !== undefined) return (match[learner] ?? 0) >= st.commit ? { t: 'c', req: { op: ConfChangeOp.AddVoter, node: learner } } : undefined;
+  const extra = st.voters.find((v) => !desired.includes(v));
+  if (extra === undefined) return undefined;
+  if (extra !== st.leader) return { t: 'c', req: { op: ConfChangeOp.Remove, node: extra } };
+  // The leader itself leaves: hand leadership to a desired voter that holds the whole log first.
+  const to = desired.find((d) => st.voters.includes(d) && (match[d] ?? 0) >= st.lastIndex);
+  return to === undefined ? undefined : { t: 't', req: { to } };
+}
+
+/**
+ * Peer messages that arrive while the node is still opening its storage: queued (bounded) for
+ * when it is open, except the question "have you joined a cluster?", answered at once: no.
+ */
+class EarlyPeers {
+  private readonly pending: Array<[string, unknown]> = [];
+  private readonly waiting = new Map<number, (founded: boolean) => void>();
+  private nextId = 1;
+
+  receive(from: string, message: unknown, transport: Transport): void {
+    const kind = peerMessageKind(message);
+    const m = message as PeerMessage;
+    if (kind === 'f') return void transport.send(from, { t: 'a', id: (m as Forward).id, ok: false } satisfies Answer);
+    if (kind === 'a' && this.waiting.has((m as Answer).id)) return this.waiting.get((m as Answer).id)!((m as Answer).ok === true);
+    if (this.pending.length < 100_000) this.pending.push([from, message]);
+  }
+
+  replay(to: (from: string, message: unknown) => void): void {
+    for (const [from, message] of this.pending.splice(0)) to(from, message);
+  }
+
+  /**
+   * Asks the peers whether they belong to a cluster until one says yes (join: true), or a
+   * majority of all nodes, this one included, has said no (found: false). Waits as long as it
+   * takes: founding without a majority's word could found a second cluster over the first.
+   */
+  async discover(transport: Transport, peers: string[], log: Logger): Promise<boolean> {
+    const said = new Map<string, boolean>();
+    const majority = Math.floor((peers.length + 1) / 2) + 1;
+    const started = Date.now();
+    let warned = started;
+    for (;;) {
+      for (const peer of peers) {
+        if (said.has(peer) || !transport.connected(peer)) continue;
+        const id = this.nextId++;
+        this.waiting.set(id, (founded) => {
+          this.waiting.delete(id);
+          said.set(peer, founded);
+        });
+        transport.send(peer, { t: 'f', id, ms: 1_000 });
+      }
+      await pause(100);
+      if ([...said.values()].some((f) => f)) return true;
+      if (said.size + 1 >= majority) return false;
+      if (Date.now() - warned > 10_000) {
+        warned = Date.now();
+        log.warn('waiting for a majority of the cluster before founding or joining it', { answered: [...said.keys()], needed: majority - 1 });
+      }
+    }
   }
 }
 

@@ -20,6 +20,10 @@ export interface RaftEnvelope {
 export type Forward =
   | { t: 'w'; id: number; g: number; ms: number; req: WriteRequest }
   | { t: 'q'; id: number; g: number; ms: number; req: ReadRequest }
+  /** Membership change, leadership transfer, the leader's status of the group (the coordinator's). */
+  | { t: 'c' | 't' | 'g'; id: number; g: number; ms: number; req: unknown }
+  /** "Do you belong to a cluster?" (a node deciding whether to found or to join). */
+  | { t: 'f'; id: number; ms: number }
   | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
   | { t: 's'; id: number; ms: number };
 
@@ -110,7 +114,12 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
       return whole(v.g) && isObject(v.m) ? 'r' : undefined;
     case 'w':
     case 'q':
+    case 'c':
+    case 't':
+    case 'g':
       return whole(v.id) && whole(v.g) && whole(v.ms) && isObject(v.req) ? v.t : undefined;
+    case 'f':
+      return whole(v.id) && whole(v.ms) ? 'f' : undefined;
     case 'l':
       return whole(v.id) && whole(v.ms) && isObject(v.req) ? 'l' : undefined;
     case 's':

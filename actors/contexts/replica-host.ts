@@ -4,6 +4,7 @@ import type { Config } from '../../runtime/config.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import type { Logger } from '../../runtime/log.js';
 import { metrics } from '../../runtime/metrics.js';
+import type { ConfChange } from '../raft/conf-change.js';
 import { Xoshiro128 } from '../raft/random.js';
 import type { Message, Snapshot } from '../raft/types.js';
 import { RaftWal } from '../raft/wal-storage.js';
@@ -41,9 +42,9 @@ export interface ReplicaHostOptions {
   config: Config;
   /** This node's Raft id. */
   raftId: number;
-  /** The groups this host replicates. */
+  /** The groups placed on this node; it also hosts every group its Raft log has state for. */
   groups: readonly number[];
-  /** The voters a group is founded with (Raft ids), the first time this node starts. */
+  /** The voters a group is founded with (Raft ids), the first time this node starts; none: join. */
   founders: (group: number) => number[];
   counter: TokenCounter;
   log: Logger;
@@ -90,6 +91,16 @@ export class ReplicaHost {
     this.view = store.bufferedView(this.buffer);
   }
 
+  /** Whether the data directory already belongs to a cluster (this node founded or joined its groups). */
+  static async isMember(config: Config): Promise<boolean> {
+    const store = LmdbStore.open(config.dataDir, config.groups);
+    try {
+      return store.clusterMember() !== undefined;
+    } finally {
+      await store.close();
+    }
+  }
+
   static async open(opts: ReplicaHostOptions): Promise<ReplicaHost> {
     const { config } = opts;
     const store = LmdbStore.open(config.dataDir, config.groups);
@@ -102,14 +113,14 @@ export class ReplicaHost {
         throw new FastpacaError('unavailable', `${config.dataDir} belongs to node ${member.nodeId} of cluster ${member.clusterId}, not ${config.nodeId} of ${config.clusterId}`);
       }
       wal = RaftWal.open(path.join(config.dataDir, 'raft', '0'));
-      const founded = member !== undefined;
-      for (const g of opts.groups) {
-        // Founding a group twice could vote twice in term 1: a node that was founded and lost
-        // its Raft log must be replaced, not started (docs/operations.md).
-        if (founded && !wal.group(g).hasState()) throw new FastpacaError('unavailable', `the Raft log of group ${g} is missing from ${config.dataDir}; this node cannot rejoin with it`);
+      const withState = wal.groups().filter((g) => wal!.group(g).hasState());
+      // A node whose store holds replicated state but whose Raft log is gone could vote twice
+      // in a term it already voted in: it must be replaced, not started (docs/operations.md).
+      if (member !== undefined && withState.length === 0 && opts.groups.some((g) => store.groupApplied(g) > 0)) {
+        throw new FastpacaError('unavailable', `the Raft log is missing from ${config.dataDir}; this node cannot rejoin with it (give it a new node id and an empty directory)`);
       }
-      if (!founded) await store.joinCluster(config.clusterId, config.nodeId);
-      const host = new ReplicaHost(store, wal, opts);
+      if (member === undefined) await store.joinCluster(config.clusterId, config.nodeId);
+      const host = new ReplicaHost(store, wal, { ...opts, groups: [...new Set([...opts.groups, ...withState])].sort((a, b) => a - b) });
       host.start();
       return host;
     } catch (err) {
@@ -156,6 +167,13 @@ export class ReplicaHost {
         return { index: applied, data: this.packr.pack(data) };
       },
       install: (g, snapshot) => this.install(g, snapshot),
+      confApplied: (g, conf) => {
+        if (conf.voters.includes(this.opts.raftId) || conf.learners.includes(this.opts.raftId)) return;
+        // This node left the group: its copy of the group's state goes (a later rejoin starts
+        // from a leader's snapshot).
+        this.view.replaceGroup(g, { v: 1, tables: {} });
+        this.opts.log.info('left a group; its state here is dropped', { group: g });
+      },
       ...(this.opts.sendNow ? { sendEarly: this.opts.sendNow } : {}),
     });
     for (const g of this.opts.groups) this.durable.set(g, this.store.groupApplied(g));
@@ -183,6 +201,27 @@ export class ReplicaHost {
 
   status(group: number): GroupStatus | undefined {
     return this.replicas.status(group);
+  }
+
+  /** Whether this node is a member (voter or learner) of `group`. */
+  member(group: number): boolean {
+    return this.replicas.member(group);
+  }
+
+  /** On the group's leader: applies one membership change (see GroupReplicas.changeMembership). */
+  changeMembership(group: number, cc: ConfChange): Promise<void> {
+    if (!this.replicas.leads(group)) return Promise.reject(new NotLeaderError(group, this.replicas.leaderOf(group)));
+    const done = this.replicas.changeMembership(group, cc);
+    this.scheduleRound();
+    return done;
+  }
+
+  /** On the group's leader: hands leadership to `to`; false when it cannot now. */
+  transferLeader(group: number, to: number): boolean {
+    if (!this.replicas.leads(group)) throw new NotLeaderError(group, this.replicas.leaderOf(group));
+    const ok = this.replicas.transferLeader(group, to);
+    this.scheduleRound();
+    return ok;
   }
 
   /** Applies a write on the group's leader; resolves once it is committed and applied. */

@@ -1,11 +1,11 @@
 import { Packr } from 'msgpackr';
 import { FastpacaError, assert } from '../../runtime/errors.js';
 import type { Logger } from '../../runtime/log.js';
-import { decodeConfChange } from '../raft/conf-change.js';
+import { decodeConfChange, type ConfChange } from '../raft/conf-change.js';
 import type { Random } from '../raft/random.js';
 import { RawNode } from '../raft/raw-node.js';
 import type { InitialState, Storage } from '../raft/storage.js';
-import { EntryType, MessageKind, StateRole, type Entry, type Message, type Snapshot } from '../raft/types.js';
+import { EntryType, MessageKind, StateRole, type ConfState, type Entry, type Message, type Snapshot } from '../raft/types.js';
 import type { RaftWal, WalGroupStorage } from '../raft/wal-storage.js';
 import { applySafely, type MachineOptions } from './state-machine.js';
 import type { StateView } from './state-view.js';
@@ -23,8 +23,13 @@ export interface ReplicasOptions {
   machine: MachineOptions;
   /** The Raft index up to which `view` already holds group g's commands (0: none). */
   appliedOf: (group: number) => number;
-  /** The voters a group that has no Raft state yet is founded with. */
+  /**
+   * The voters a group that has no Raft state yet is founded with; none: the group is left
+   * empty, for a leader to bring up to date with a snapshot once it adds this node.
+   */
   founders: (group: number) => number[];
+  /** A membership change of `group` was applied here (this node may have left it). */
+  confApplied?: (group: number, conf: ConfState) => void;
   /** The election timer's randomness, one source per group. */
   random: (group: number) => Random;
   log: Logger;
@@ -87,6 +92,8 @@ interface Waiter {
   term: number;
   resolve: (r: CommandResult) => void;
   reject: (err: Error) => void;
+  /** Waits for a membership change rather than a command. */
+  conf?: true;
 }
 
 /** Ready passes per round: a single voter needs two (persist, then apply what that committed). */
@@ -129,8 +136,9 @@ export class GroupReplicas {
     let founded = false;
     for (const g of opts.groups) {
       const storage = opts.wal.group(g);
-      if (!storage.hasState()) {
-        storage.bootstrap({ voters: opts.founders(g), learners: [] });
+      const founders = storage.hasState() ? [] : opts.founders(g);
+      if (founders.length > 0) {
+        storage.bootstrap({ voters: founders, learners: [] });
         founded = true;
       }
     }
@@ -222,6 +230,37 @@ export class GroupReplicas {
   /** The Raft id of the leader of `group` this replica knows of, 0 for none (or not replicated here). */
   leaderOf(group: number): number {
     return this.nodes.get(group)?.raft.lead ?? 0;
+  }
+
+  /** Whether this node is a voter or learner of `group` (as of its last applied membership). */
+  member(group: number): boolean {
+    const conf = this.nodes.get(group)?.status().conf;
+    return conf !== undefined && (conf.voters.includes(this.opts.raftId) || conf.learners.includes(this.opts.raftId));
+  }
+
+  /**
+   * Proposes a membership change of `group` on its leader; resolves once it is applied here.
+   * One change at a time per group; a learner is promoted only once it has caught up.
+   */
+  changeMembership(group: number, cc: ConfChange): Promise<void> {
+    const node = this.nodes.get(group);
+    if (this.failed) return Promise.reject(unavailable('the Raft log cannot be written; the node must restart'));
+    if (node === undefined || node.raft.role !== StateRole.Leader) return Promise.reject(unavailable(`this node does not lead group ${group}`));
+    const r = node.proposeConfChange(cc);
+    if (!r.ok) return Promise.reject(new FastpacaError('conflict', `group ${group} refused the membership change (${r.reason})`, { extra: { reason: r.reason } }));
+    this.active.add(group);
+    return new Promise((resolve, reject) => {
+      this.waiting.get(group)!.set(r.index, { term: r.term, resolve: () => resolve(), reject, conf: true });
+    });
+  }
+
+  /** Asks the leader of `group` to hand leadership to `to` (a caught-up voter). */
+  transferLeader(group: number, to: number): boolean {
+    const node = this.nodes.get(group);
+    if (node === undefined || node.raft.role !== StateRole.Leader) return false;
+    const r = node.transferLeader(to);
+    this.active.add(group);
+    return r.ok;
   }
 
   /** The groups replicated here, ascending. */
@@ -373,21 +412,26 @@ export class GroupReplicas {
   }
 
   private applyEntry(g: number, node: RawNode, e: Entry): void {
-    const waiter = this.waiting.get(g)!.get(e.index);
+    let waiter = this.waiting.get(g)!.get(e.index);
     if (waiter !== undefined) this.waiting.get(g)!.delete(e.index);
     if (e.type === EntryType.ConfChange) {
       // The membership is the Raft log's to keep (the state store's applied index may pass this
       // entry, and then it is not applied again after a restart); persisted before the round ends.
-      this.opts.wal.group(g).setConfState(node.applyConfChange(decodeConfChange(e.data)), e.index);
+      const conf = node.applyConfChange(decodeConfChange(e.data));
+      this.opts.wal.group(g).setConfState(conf, e.index);
       this.confChanged = true;
-      // Proposals are commands; one waiting at this index was replaced by another term's entry.
-      waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
+      this.opts.confApplied?.(g, conf);
+      if (waiter?.conf && waiter.term === e.term) waiter.resolve(null as unknown as CommandResult);
+      // A command waiting at this index was replaced by another term's entry.
+      else waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
       return;
     }
-    if (e.data.byteLength === 0) {
-      // A new leader's empty entry; a proposal waiting at this index was replaced.
+    if (e.data.byteLength === 0 || waiter?.conf) {
+      // A new leader's empty entry, or a command where a membership change was proposed: the
+      // proposal waiting at this index was replaced.
       waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
-      return;
+      if (e.data.byteLength === 0) return;
+      waiter = undefined;
     }
     const cmd = this.packr.unpack(e.data) as Command;
     const result = applySafely(this.opts.view, cmd, this.opts.machine, (err) => this.opts.log.error('apply failed', { err, kind: cmd.t, id: cmd.id, group: g, index: e.index }));

@@ -115,4 +115,76 @@ describe('a cluster of three node processes', () => {
     await c.close();
     expect(await assertReplicasIdentical(c)).toBeGreaterThan(0);
   });
+
+  it('adding a fourth node and removing one moves replicas by Raft membership changes, losing nothing', async () => {
+    const c = await start(3);
+    const ids = Array.from({ length: 16 }, (_, i) => `member-${i}`);
+    let n = 0;
+    const writeRound = async () => {
+      n++;
+      const up = c.members.filter((i) => c.nodes[i]!.server !== undefined);
+      for (const [k, id] of ids.entries()) await appendRetrying(() => c.url(up[k % up.length]!), id, text(`${id} #${n}`), `${id}-${n}`);
+    };
+    for (const id of ids) expect((await call(c.url(0), 'PUT', `/v1/contexts/${id}`, { token_budget: 10_000 })).status).toBeLessThan(300);
+    await writeRound();
+
+    /** Waits until every group's voters are its placement over the members (as the leaders see it). */
+    const placed = async (timeoutMs = 90_000) => {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const views = await Promise.all(c.members.filter((i) => c.nodes[i]!.server !== undefined).map((i) => c.view(i)));
+        const wrong: string[] = [];
+        for (let g = 0; g < Groups; g++) {
+          const leaderView = views.map((v) => v.group_status.find((s) => s.group === g && s.role === 'leader')).find((s) => s !== undefined);
+          if (!leaderView) {
+            wrong.push(`group ${g}: no leader`);
+            continue;
+          }
+          const want = [...leaderView.replicas].sort();
+          if (JSON.stringify([...leaderView.voters].sort()) !== JSON.stringify(want) || leaderView.learners.length > 0) wrong.push(`group ${g}: ${leaderView.voters} + ${leaderView.learners}, want ${want}`);
+        }
+        if (wrong.length === 0) return;
+        if (Date.now() > until) throw new Error(`replicas not placed in time: ${wrong.slice(0, 5).join('; ')} (${wrong.length} groups)`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    };
+
+    // Grow: every node learns of n3 (a rolling restart with the longer FASTPACA_PEERS), then n3
+    // starts, finds the cluster, and joins with empty groups that snapshots fill.
+    const added = await c.addNode();
+    for (const i of [0, 1, 2]) {
+      await c.stop(i);
+      await c.startNode(i);
+      await writeRound();
+    }
+    await c.startNode(added, { LOG_LEVEL: 'info' }, 'live');
+    await writeRound();
+    await placed();
+    await c.ready(added);
+    expect(c.nodes[added]!.server!.output()).toContain('joining an existing cluster');
+    const view = await c.view(added);
+    expect(view.group_status.filter((s) => s.voters.includes('n3')).length).toBeGreaterThan(Groups / 8);
+    await writeRound();
+
+    // Shrink: n1 goes for good; the others forget it and the coordinator moves its replicas.
+    await c.stop(1);
+    c.removeNode(1);
+    for (const i of [0, 2, 3]) {
+      await c.stop(i);
+      await c.startNode(i, {}, 'live');
+    }
+    for (const i of [0, 2, 3]) await c.ready(i);
+    await placed();
+    await writeRound();
+
+    for (const i of c.members) {
+      for (const id of ids) {
+        const r = await call(c.url(i), 'GET', `/v1/contexts/${id}/messages?from_seq=1&limit=100`);
+        expect(r.body.messages.map((m: { parts: Array<{ text: string }> }) => m.parts[0]!.text)).toEqual(Array.from({ length: n }, (_, k) => `${id} #${k + 1}`));
+      }
+    }
+    await c.converged();
+    await c.close();
+    expect(await assertReplicasIdentical(c)).toBeGreaterThan(0);
+  }, 240_000);
 });

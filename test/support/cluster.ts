@@ -16,12 +16,47 @@ export interface ClusterNode {
  * `route` maps a node's cluster port to the port its peers dial (a fault proxy's), when given.
  */
 export class TestCluster {
+  /** The nodes FASTPACA_PEERS lists now (indexes into `nodes`). */
+  members: number[];
+  private readonly dialed = new Map<string, number>();
+
   private constructor(
     readonly nodes: ClusterNode[],
     private readonly env: Record<string, string>,
-    /** Node i's FASTPACA_PEERS. */
-    private readonly peers: string[],
-  ) {}
+    private readonly root: string,
+    private readonly dial: ((from: number, to: number, port: number) => Promise<number>) | undefined,
+  ) {
+    this.members = nodes.map((_, i) => i);
+  }
+
+  /** Node i's FASTPACA_PEERS: every member, at the port node i dials it on. */
+  private async peers(i: number): Promise<string> {
+    const entries: string[] = [];
+    for (const j of [...new Set([...this.members, i])].sort((a, b) => a - b)) {
+      const node = this.nodes[j]!;
+      let port = node.clusterPort;
+      if (i !== j && this.dial) {
+        const key = `${i}>${j}`;
+        if (!this.dialed.has(key)) this.dialed.set(key, await this.dial(i, j, node.clusterPort));
+        port = this.dialed.get(key)!;
+      }
+      entries.push(`${node.id}=127.0.0.1:${port}`);
+    }
+    return entries.join(',');
+  }
+
+  /** A new node, listed from now on (the others see it once restarted); not started. */
+  async addNode(): Promise<number> {
+    const i = this.nodes.length;
+    this.nodes.push({ id: `n${i}`, dataDir: path.join(this.root, `n${i}`), clusterPort: await freePort(), server: undefined });
+    this.members.push(i);
+    return i;
+  }
+
+  /** Node i is no longer listed (the others forget it once restarted). */
+  removeNode(i: number): void {
+    this.members = this.members.filter((m) => m !== i);
+  }
 
   /**
    * `dial(from, to, port)` gives the port node `from` dials to reach `to`, whose cluster port is
@@ -31,13 +66,7 @@ export class TestCluster {
     const root = tempDir('fastpaca-cluster-');
     const nodes: ClusterNode[] = [];
     for (let i = 0; i < n; i++) nodes.push({ id: `n${i}`, dataDir: path.join(root, `n${i}`), clusterPort: await freePort(), server: undefined });
-    const peers: string[] = [];
-    for (let i = 0; i < n; i++) {
-      const entries: string[] = [];
-      for (let j = 0; j < n; j++) entries.push(`${nodes[j]!.id}=127.0.0.1:${i === j || !opts.dial ? nodes[j]!.clusterPort : await opts.dial(i, j, nodes[j]!.clusterPort)}`);
-      peers.push(entries.join(','));
-    }
-    const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, peers);
+    const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, root, opts.dial);
     await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
     return cluster;
   }
@@ -48,7 +77,7 @@ export class TestCluster {
     node.server = await startServer({
       dataDir: node.dataDir,
       waitFor,
-      env: { ...this.env, FASTPACA_NODE_ID: node.id, FASTPACA_PEERS: this.peers[i]!, FASTPACA_CLUSTER_PORT: String(node.clusterPort), ...env },
+      env: { ...this.env, FASTPACA_NODE_ID: node.id, FASTPACA_PEERS: await this.peers(i), FASTPACA_CLUSTER_PORT: String(node.clusterPort), ...env },
     });
     return node.server;
   }
@@ -78,6 +107,23 @@ export class TestCluster {
     await Promise.all(this.nodes.map((_, i) => this.stop(i)));
   }
 
+  /** Waits until GET /health/ready of node i answers 200. */
+  async ready(i: number, timeoutMs = 60_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      try {
+        const r = await fetch(`${this.url(i)}/health/ready`);
+        if (r.status === 200) return;
+        last = await r.text();
+      } catch (err) {
+        last = String(err);
+      }
+      if (Date.now() > until) throw new Error(`node ${i} not ready in time: ${last}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
   /** GET /v1/cluster of node i. */
   async view(i: number): Promise<ClusterViewBody> {
     return (await call<ClusterViewBody>(this.url(i), 'GET', '/v1/cluster')).body;
@@ -101,7 +147,13 @@ export class TestCluster {
       const views = await Promise.all(this.nodes.map((n, i) => (n.server ? this.view(i) : undefined)));
       const lagging: string[] = [];
       const byGroup = new Map<number, Array<{ node: string; applied: number; commit: number; leader: string | null }>>();
-      for (const v of views) for (const s of v?.group_status ?? []) byGroup.set(s.group, [...(byGroup.get(s.group) ?? []), { node: v!.node, applied: s.applied, commit: s.commit, leader: s.leader }]);
+      for (const v of views) {
+        for (const s of v?.group_status ?? []) {
+          // A node that left a group (or has not joined it yet) does not follow it.
+          if (!s.voters.includes(v!.node) && !s.learners.includes(v!.node)) continue;
+          byGroup.set(s.group, [...(byGroup.get(s.group) ?? []), { node: v!.node, applied: s.applied, commit: s.commit, leader: s.leader }]);
+        }
+      }
       for (const [g, replicas] of byGroup) {
         const leader = replicas.find((r) => r.node === r.leader);
         if (!leader) lagging.push(`group ${g}: no leader`);
@@ -121,7 +173,7 @@ export interface ClusterViewBody {
   hosted: number;
   leading: number;
   without_leader: number;
-  group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[] }>;
+  group_status: Array<{ group: number; role: string; leader: string | null; term: number; commit: number; applied: number; first_index: number; last_index: number; replicas: string[]; voters: string[]; learners: string[] }>;
 }
 
 /**
@@ -131,7 +183,7 @@ export interface ClusterViewBody {
  */
 export async function assertReplicasIdentical(c: TestCluster, groups = 256): Promise<number> {
   const states: Array<Map<number, string>> = [];
-  for (const node of c.nodes) {
+  for (const node of c.members.map((i) => c.nodes[i]!)) {
     const store = LmdbStore.open(node.dataDir, groups);
     const held = new Map<number, string>();
     for (let g = 0; g < groups; g++) {
