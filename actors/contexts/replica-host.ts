@@ -327,7 +327,9 @@ export class ReplicaHost {
   }
 
   private install(group: number, snapshot: Snapshot): void {
-    this.view.replaceGroup(group, this.packr.unpack(snapshot.data) as GroupData);
+    // A group's founding snapshot has no data: the group was empty then.
+    const data: GroupData = snapshot.data.byteLength === 0 ? { v: 1, tables: {} } : (this.packr.unpack(snapshot.data) as GroupData);
+    this.view.replaceGroup(group, data);
     metrics.snapshotsInstalled.inc();
     this.stamps.set(group, Math.max(this.stamps.get(group) ?? 0, snapshot.meta.index));
     this.opts.log.info('installed a snapshot of a group from its leader', { group, index: snapshot.meta.index, bytes: snapshot.data.byteLength });

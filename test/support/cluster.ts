@@ -1,6 +1,8 @@
 import path from 'node:path';
 import { expect } from 'vitest';
 import { LmdbStore } from '../../actors/contexts/lmdb-store.js';
+import { RaftWal } from '../../actors/raft/wal-storage.js';
+import { raftIdOf } from '../../runtime/placement.js';
 import { call, freePort, startServer, tempDir, type TestServer } from './server.js';
 
 export interface ClusterNode {
@@ -177,20 +179,25 @@ export interface ClusterViewBody {
 }
 
 /**
- * Opens the store of every (stopped) node of `c` and checks that each group's state, with the
- * Raft index it reaches, is the same on every node that holds it. Returns how many groups were
- * held by more than one node.
+ * Opens the store and Raft log of every (stopped) node of `c` and checks that each group's
+ * state, with the Raft index it reaches, is the same on every node that is a member of the
+ * group. Returns how many groups had more than one member.
  */
 export async function assertReplicasIdentical(c: TestCluster, groups = 256): Promise<number> {
   const states: Array<Map<number, string>> = [];
   for (const node of c.members.map((i) => c.nodes[i]!)) {
     const store = LmdbStore.open(node.dataDir, groups);
+    const wal = RaftWal.open(path.join(node.dataDir, 'raft', '0'));
+    const self = raftIdOf(node.id);
     const held = new Map<number, string>();
     for (let g = 0; g < groups; g++) {
+      const conf = wal.group(g).initialState().confState;
+      if (!conf.voters.includes(self) && !conf.learners.includes(self)) continue;
       const { applied, data } = store.readGroup(g);
-      if (applied > 0) held.set(g, JSON.stringify({ applied, data }));
+      held.set(g, JSON.stringify({ applied, data }));
     }
     states.push(held);
+    wal.close();
     await store.close();
   }
   let compared = 0;
