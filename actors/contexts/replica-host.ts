@@ -168,11 +168,10 @@ export class ReplicaHost {
       },
       install: (g, snapshot) => this.install(g, snapshot),
       confApplied: (g, conf) => {
-        if (conf.voters.includes(this.opts.raftId) || conf.learners.includes(this.opts.raftId)) return;
-        // This node left the group: its copy of the group's state goes (a later rejoin starts
-        // from a leader's snapshot).
-        this.view.replaceGroup(g, { v: 1, tables: {} });
-        this.opts.log.info('left a group; its state here is dropped', { group: g });
+        // A node that left a group keeps its copy, hidden from reads and listings: if it is added
+        // again, the leader goes on from where this replica's log ends, so that copy must be
+        // exactly what the log says it is.
+        if (!conf.voters.includes(this.opts.raftId) && !conf.learners.includes(this.opts.raftId)) this.opts.log.info('left a group', { group: g });
       },
       ...(this.opts.sendNow ? { sendEarly: this.opts.sendNow } : {}),
     });
