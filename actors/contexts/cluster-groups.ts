@@ -301,6 +301,12 @@ export class ClusterGroups implements Groups {
           if (target === err.peer && !this.transport.connected(err.peer)) target = undefined;
           continue;
         }
+        // A read is safe to try again whatever happened to it (a leader stepping down mid-read).
+        if (t === 'q' && err instanceof FastpacaError && err.code === 'unavailable' && !(err instanceof NotLeaderError)) {
+          await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
+          target = this.leaderNode(group);
+          continue;
+        }
         if (!(err instanceof NotLeaderError)) throw err;
         const hinted = this.byRaftId.get(err.leader);
         if (!this.host.member(group)) {

@@ -254,16 +254,16 @@ export class ReplicaHost {
   }
 
   /**
-   * Answers a read on the group's leader from what it has applied: every write it acknowledged,
-   * and only committed ones.
+   * Answers a read on the group's leader, linearizably: once a quorum has confirmed that this
+   * node still leads and it has applied everything committed before the read (ReadIndex), from
+   * its applied state. It sees every acknowledged write, and only committed ones.
    */
-  read(group: number, req: ReadRequest): Promise<QueryResult> {
-    if (!this.replicas.leads(group)) return Promise.reject(new NotLeaderError(group, this.replicas.leaderOf(group)));
-    try {
-      return Promise.resolve(query(this.view, req));
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  async read(group: number, req: ReadRequest): Promise<QueryResult> {
+    if (!this.replicas.leads(group)) throw new NotLeaderError(group, this.replicas.leaderOf(group));
+    const confirmed = this.replicas.readIndex(group);
+    this.scheduleRound();
+    await confirmed;
+    return query(this.view, req);
   }
 
   /** Lists the contexts of the groups `include` accepts, from this replica's state. */

@@ -96,6 +96,11 @@ interface Waiter {
   conf?: true;
 }
 
+interface ReadWaiter {
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
 /** Ready passes per round: a single voter needs two (persist, then apply what that committed). */
 const PassesMax = 8;
 
@@ -131,6 +136,13 @@ export class GroupReplicas {
   private active = new Set<number>();
   /** A conf change was applied this round: its membership must be persisted before the round ends. */
   private confChanged = false;
+  /** Linearizable reads waiting for the next round, per group. */
+  private queuedReads = new Map<number, ReadWaiter[]>();
+  /** Read points asked of the core, by context, until their ReadState arrives. */
+  private readonly readsAsked = new Map<string, { group: number; waiters: ReadWaiter[] }>();
+  /** Read points confirmed but not applied here yet, per group, oldest first. */
+  private readonly readsParked = new Map<number, Array<{ index: number; waiters: ReadWaiter[] }>>();
+  private readContext = 0;
 
   constructor(private readonly opts: ReplicasOptions) {
     let founded = false;
@@ -230,6 +242,24 @@ export class GroupReplicas {
   /** The Raft id of the leader of `group` this replica knows of, 0 for none (or not replicated here). */
   leaderOf(group: number): number {
     return this.nodes.get(group)?.raft.lead ?? 0;
+  }
+
+  /**
+   * Resolves once this replica, the group's leader, has applied everything committed when the
+   * read was asked, confirmed by a quorum (ReadIndex): a read served then is linearizable, even
+   * if a newer leader was elected elsewhere meanwhile. Reads of one round share one confirmation.
+   */
+  readIndex(group: number): Promise<void> {
+    if (this.failed) return Promise.reject(unavailable('the Raft log cannot be written; the node must restart'));
+    if (!this.nodes.has(group)) return Promise.reject(unavailable(`group ${group} is not replicated here`));
+    if (this.queuedCount >= this.opts.queuedMax) return Promise.reject(new FastpacaError('overloaded', 'too many requests are waiting; retry shortly', { retryAfterS: 1 }));
+    return new Promise((resolve, reject) => {
+      let list = this.queuedReads.get(group);
+      if (list === undefined) this.queuedReads.set(group, (list = []));
+      list.push({ resolve, reject });
+      this.queuedCount++;
+      this.active.add(group);
+    });
   }
 
   /** Whether this node is a voter or learner of `group` (as of its last applied membership). */
@@ -357,6 +387,14 @@ export class GroupReplicas {
         for (const message of rd.messages) if (!(sent && EarlyKinds.has(message.kind))) result.messages.push({ group: g, message });
       }
       for (const { g, node, rd } of readies) {
+        for (const rs of rd.readStates) {
+          const asked = this.readsAsked.get(rs.context);
+          if (asked === undefined) continue;
+          this.readsAsked.delete(rs.context);
+          let parked = this.readsParked.get(g);
+          if (parked === undefined) this.readsParked.set(g, (parked = []));
+          parked.push({ index: rs.index, waiters: asked.waiters });
+        }
         if (rd.snapshot !== undefined) {
           // Everything this replica held of the group is replaced; a proposal waiting here is not
           // going to be answered by its entry (this replica does not lead).
@@ -369,6 +407,7 @@ export class GroupReplicas {
         // A leader that stepped down will not commit what it was asked: say so now.
         if (rd.softState !== undefined && rd.softState.role !== StateRole.Leader) this.failWaiters(g, 'the group lost its leader; retry');
         node.advance();
+        this.releaseReads(g, node.raft.log.applied);
       }
     }
     if (this.confChanged) {
@@ -388,10 +427,42 @@ export class GroupReplicas {
     }
   }
 
+  /** Answers the reads whose confirmed point this replica has now applied. */
+  private releaseReads(g: number, applied: number): void {
+    const parked = this.readsParked.get(g);
+    if (parked === undefined) return;
+    while (parked.length > 0 && parked[0]!.index <= applied) for (const w of parked.shift()!.waiters) w.resolve();
+    if (parked.length === 0) this.readsParked.delete(g);
+  }
+
+  private askReads(): void {
+    const queued = this.queuedReads;
+    this.queuedReads = new Map();
+    for (const [g, waiters] of queued) {
+      this.queuedCount -= waiters.length;
+      const node = this.nodes.get(g)!;
+      if (node.raft.role !== StateRole.Leader) {
+        const err = unavailable(`this node does not lead group ${g} now; retry`);
+        for (const w of waiters) w.reject(err);
+        continue;
+      }
+      const context = `${g}:${++this.readContext}`;
+      const r = node.readIndex(context);
+      if (!r.ok) {
+        const err = r.reason === 'overloaded' ? new FastpacaError('overloaded', 'too many reads are waiting for this group; retry shortly', { retryAfterS: 1 }) : unavailable(`group ${g} cannot serve a read now (${r.reason}); retry`);
+        for (const w of waiters) w.reject(err);
+        continue;
+      }
+      this.readsAsked.set(context, { group: g, waiters });
+      this.active.add(g);
+    }
+  }
+
   private proposeQueued(): void {
+    this.askReads();
     const queued = this.queued;
     this.queued = new Map();
-    this.queuedCount = 0;
+    for (const list of queued.values()) this.queuedCount -= list.length;
     for (const [g, list] of queued) {
       const node = this.nodes.get(g)!;
       this.active.add(g);
@@ -446,6 +517,14 @@ export class GroupReplicas {
     const err = unavailable(why);
     for (const w of waiting.values()) w.reject(err);
     waiting.clear();
+    // Reads asked of a leader that stepped down may never be confirmed.
+    for (const [context, asked] of this.readsAsked) {
+      if (asked.group !== g) continue;
+      this.readsAsked.delete(context);
+      for (const w of asked.waiters) w.reject(err);
+    }
+    for (const p of this.readsParked.get(g) ?? []) for (const w of p.waiters) w.reject(err);
+    this.readsParked.delete(g);
   }
 
   private fail(err: unknown): void {

@@ -270,6 +270,33 @@ describe('GroupReplicas on three nodes (in-process network, real logs)', () => {
     for (const n of nodes.values()) for (const id of names) expect(n.view.getContext(id), `node ${[...nodes].find(([, x]) => x === n)![0]} ${id}`).toEqual(oracle.getContext(id));
     for (const n of nodes.values()) n.wal.close();
   });
+
+  it('ReadIndex: a leader serves a read once a quorum confirms it still leads; a cut-off leader never does', async () => {
+    const { nodes, down } = cluster(4);
+    await write(nodes, down, put('read-me'));
+    const g = groupOf('read-me', Groups);
+    const leader = leaderOf(nodes, down, g)!;
+    let confirmed = false;
+    void leader.r.readIndex(g).then(() => (confirmed = true));
+    leader.r.round(); // asked, and the heartbeat with the read's context goes out
+    await Promise.resolve();
+    expect(confirmed).toBe(false);
+    pump(nodes, down, 4);
+    await Promise.resolve();
+    expect(confirmed).toBe(true);
+    // Cut the leader off: its read is never confirmed; once it steps down it says so.
+    const leaderId = [...nodes].find(([, n]) => n === leader)![0];
+    for (const id of ids) if (id !== leaderId) down.add(id);
+    let outcome: string | undefined;
+    leader.r.readIndex(g).then(
+      () => (outcome = 'served'),
+      (err: Error) => (outcome = err.message),
+    );
+    pump(nodes, down, 100);
+    await Promise.resolve();
+    expect(outcome).toMatch(/lost its leader|does not lead/);
+    for (const n of nodes.values()) n.wal.close();
+  });
 });
 
 describe('GroupReplicas compaction', () => {
