@@ -130,8 +130,25 @@ export function loadConfig(env: Env = process.env): Config {
   };
 }
 
+/**
+ * FASTPACA_PEERS of a StatefulSet's pod, when it is not given: pods are named <set>-<ordinal>,
+ * FASTPACA_CLUSTER_SIZE says how many there are, and each is reached at its stable DNS name
+ * <set>-<i>.<FASTPACA_PEER_DOMAIN> (the headless service) on FASTPACA_CLUSTER_PORT.
+ */
+function statefulSetPeers(env: Env, nodeId: string): string {
+  const size = env.FASTPACA_CLUSTER_SIZE;
+  if (size === undefined || size === '') return '';
+  const n = int(env, 'FASTPACA_CLUSTER_SIZE', 1, 1, 64);
+  const m = /^(.+)-(\d+)$/.exec(nodeId);
+  if (!m) throw new ConfigError(`FASTPACA_CLUSTER_SIZE derives the peers from a StatefulSet pod name (<set>-<ordinal>), but the node id is ${JSON.stringify(nodeId)}`);
+  const domain = env.FASTPACA_PEER_DOMAIN;
+  if (!domain) throw new ConfigError('FASTPACA_CLUSTER_SIZE needs FASTPACA_PEER_DOMAIN (the headless service, e.g. fastpaca-headless.default.svc.cluster.local)');
+  const port = int(env, 'FASTPACA_CLUSTER_PORT', 4100, 1, 65535);
+  return Array.from({ length: n }, (_, i) => `${m[1]}-${i}=${m[1]}-${i}.${domain}:${port}`).join(',');
+}
+
 function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'lagEntriesMax'> {
-  const raw = env.FASTPACA_PEERS ?? '';
+  const raw = env.FASTPACA_PEERS || statefulSetPeers(env, nodeId);
   const peers = raw.trim() === '' ? undefined : parsePeers(raw, nodeId);
   const own = peers?.find((p) => p.id === nodeId)?.port;
   return {

@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../runtime/config.js';
-import { parsePeers, replicasOf } from '../../runtime/placement.js';
+import { loadConfig } from '../../runtime/config.js';
+import { parsePeers, raftIdOf, replicasOf } from '../../runtime/placement.js';
 
 const nodes = (n: number) => Array.from({ length: n }, (_, i) => `fastpaca-${i}`);
 
@@ -75,6 +76,34 @@ describe('FASTPACA_PEERS', () => {
     for (const [raw, why] of bad) {
       expect(() => parsePeers(raw, 'a'), raw).toThrow(ConfigError);
       expect(() => parsePeers(raw, 'a'), raw).toThrow(why);
+    }
+  });
+});
+
+describe('cluster configuration', () => {
+  it('a StatefulSet pod derives FASTPACA_PEERS from its name, the cluster size and the headless service', () => {
+    const c = loadConfig({ FASTPACA_NODE_ID: 'fastpaca-1', FASTPACA_CLUSTER_SIZE: '3', FASTPACA_PEER_DOMAIN: 'fastpaca-headless.ns.svc.cluster.local', FASTPACA_CLUSTER_PORT: '4100' });
+    expect(c.peers).toEqual([0, 1, 2].map((i) => ({ id: `fastpaca-${i}`, host: `fastpaca-${i}.fastpaca-headless.ns.svc.cluster.local`, port: 4100 })));
+    expect(c.clusterPort).toBe(4100);
+    expect(() => loadConfig({ FASTPACA_NODE_ID: 'laptop', FASTPACA_CLUSTER_SIZE: '3', FASTPACA_PEER_DOMAIN: 'x' })).toThrow(/pod name/);
+    expect(() => loadConfig({ FASTPACA_NODE_ID: 'fastpaca-0', FASTPACA_CLUSTER_SIZE: '3' })).toThrow(/FASTPACA_PEER_DOMAIN/);
+  });
+
+  it('a peer list of one node is a single node; a node listens on its own FASTPACA_PEERS port', () => {
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_PEERS: 'a=h:4200' }).peers).toBeUndefined();
+    const c = loadConfig({ FASTPACA_NODE_ID: 'b', FASTPACA_PEERS: 'a=h:4200,b=h:4201' });
+    expect(c.peers?.map((p) => p.id)).toEqual(['a', 'b']);
+    expect(c.clusterPort).toBe(4201);
+  });
+
+  it('Raft ids are positive, stable and distinct over 5,000 node names', () => {
+    expect(raftIdOf('fastpaca-0')).toBe(raftIdOf('fastpaca-0'));
+    const seen = new Map<number, string>();
+    for (let i = 0; i < 5_000; i++) {
+      const id = raftIdOf(`node-${i}`);
+      expect(Number.isSafeInteger(id) && id >= 1 && id <= 0x7fffffff).toBe(true);
+      expect(seen.get(id), `node-${i}`).toBeUndefined();
+      seen.set(id, `node-${i}`);
     }
   });
 });
