@@ -250,16 +250,25 @@ export class GroupReplicas {
    * if a newer leader was elected elsewhere meanwhile. Reads of one round share one confirmation.
    */
   readIndex(group: number): Promise<void> {
-    if (this.failed) return Promise.reject(unavailable('the Raft log cannot be written; the node must restart'));
-    if (!this.nodes.has(group)) return Promise.reject(unavailable(`group ${group} is not replicated here`));
-    if (this.queuedCount >= this.opts.queuedMax) return Promise.reject(new FastpacaError('overloaded', 'too many requests are waiting; retry shortly', { retryAfterS: 1 }));
-    return new Promise((resolve, reject) => {
-      let list = this.queuedReads.get(group);
-      if (list === undefined) this.queuedReads.set(group, (list = []));
-      list.push({ resolve, reject });
-      this.queuedCount++;
-      this.active.add(group);
-    });
+    const refused = this.refusal(group);
+    if (refused) return Promise.reject(refused);
+    this.active.add(group);
+    return new Promise((resolve, reject) => this.enqueue(this.queuedReads, group, { resolve, reject }));
+  }
+
+  /** Why a proposal or read for `group` is refused before it is queued, if it is. */
+  private refusal(group: number): FastpacaError | undefined {
+    if (this.failed) return unavailable('the Raft log cannot be written; the node must restart');
+    if (!this.nodes.has(group)) return unavailable(`group ${group} is not replicated here`);
+    if (this.queuedCount >= this.opts.queuedMax) return new FastpacaError('overloaded', 'too many requests are waiting; retry shortly', { retryAfterS: 1 });
+    return undefined;
+  }
+
+  private enqueue<T>(queues: Map<number, T[]>, group: number, item: T): void {
+    let list = queues.get(group);
+    if (list === undefined) queues.set(group, (list = []));
+    list.push(item);
+    this.queuedCount++;
   }
 
   /** Whether this node is a voter or learner of `group` (as of its last applied membership). */
@@ -320,15 +329,9 @@ export class GroupReplicas {
 
   /** Queues `cmd` for `group`'s next round; resolves once it is applied. */
   propose(group: number, cmd: Command): Promise<CommandResult> {
-    if (this.failed) return Promise.reject(unavailable('the Raft log cannot be written; the node must restart'));
-    if (!this.nodes.has(group)) return Promise.reject(unavailable(`group ${group} is not replicated here`));
-    if (this.queuedCount >= this.opts.queuedMax) return Promise.reject(new FastpacaError('overloaded', 'too many writes are waiting; retry shortly', { retryAfterS: 1 }));
-    return new Promise((resolve, reject) => {
-      let list = this.queued.get(group);
-      if (list === undefined) this.queued.set(group, (list = []));
-      list.push({ cmd, resolve, reject });
-      this.queuedCount++;
-    });
+    const refused = this.refusal(group);
+    if (refused) return Promise.reject(refused);
+    return new Promise((resolve, reject) => this.enqueue(this.queued, group, { cmd, resolve, reject }));
   }
 
   /**
