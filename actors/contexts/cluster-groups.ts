@@ -6,9 +6,21 @@ import { metrics, type ThreadMetrics } from '../../runtime/metrics.js';
 import { raftIdOf, replicasOf, type PeerSpec } from '../../runtime/placement.js';
 import { Transport } from '../../runtime/transport.js';
 import { ConfChangeOp, type ConfChange } from '../raft/conf-change.js';
-import type { Message } from '../raft/types.js';
+import { MessageKind, type Message } from '../raft/types.js';
 import { PoolTokenCounter } from '../tokenizer/pool.js';
-import { normalizeRaftMessage, peerMessageKind, validRaftMessage, type Answer, type Forward, type PeerMessage } from './cluster-wire.js';
+import {
+  expandHeartbeats,
+  normalizeRaftMessage,
+  peerMessageKind,
+  validRaftMessage,
+  type Answer,
+  type Forward,
+  type HeartbeatRespTuple,
+  type Heartbeats,
+  type HeartbeatTuple,
+  type PeerMessage,
+  type RaftEnvelope,
+} from './cluster-wire.js';
 import type { Groups, Readiness } from './groups.js';
 import type { QueryResult } from './queries.js';
 import { NotLeaderError, ReplicaHost } from './replica-host.js';
@@ -147,9 +159,9 @@ export class ClusterGroups implements Groups {
         founders: (g) => (member || join ? [] : placement(g).map(raftIdOf)),
         counter,
         log,
-        send: (to, group, message) => self?.sendRaft(to, group, message),
+        send: (messages) => self?.sendRaft(messages),
         sendNow: (messages) => {
-          for (const { group, message } of messages) self?.sendRaft(message.to, group, message);
+          self?.sendRaft(messages);
           transport.flushNow();
         },
       });
@@ -360,12 +372,27 @@ export class ClusterGroups implements Groups {
 
   // ---- from peers --------------------------------------------------------------------------------
 
-  private sendRaft(to: number, group: number, message: Message): void {
-    const node = this.byRaftId.get(to);
-    // To a peer that is not connected: dropped, not queued (Raft's heartbeats and probes send
-    // again what is still needed once it is back; stale appends would only cost bandwidth).
-    if (node === undefined || node === this.config.nodeId || !this.transport.connected(node)) return;
-    this.transport.send(node, { t: 'r', g: group, m: message });
+  /**
+   * Sends a round's Raft messages. The heartbeats (and their answers) of all groups to one peer
+   * go as one message of tuples, the rest one by one; all of a turn's leave in one frame. To a
+   * peer that is not connected they are dropped, not queued: Raft's heartbeats and probes send
+   * again what is still needed once it is back, and stale appends would only cost bandwidth.
+   */
+  private sendRaft(messages: Array<{ group: number; message: Message }>): void {
+    const beats = new Map<string, { h: HeartbeatTuple[]; r: HeartbeatRespTuple[] }>();
+    for (const { group, message } of messages) {
+      const node = this.byRaftId.get(message.to);
+      if (node === undefined || node === this.config.nodeId || !this.transport.connected(node)) continue;
+      if (message.kind === MessageKind.Heartbeat || message.kind === MessageKind.HeartbeatResp) {
+        let b = beats.get(node);
+        if (b === undefined) beats.set(node, (b = { h: [], r: [] }));
+        if (message.kind === MessageKind.Heartbeat) b.h.push([group, message.term, message.commit, message.context ?? null]);
+        else b.r.push([group, message.term, message.context ?? null]);
+        continue;
+      }
+      this.transport.send(node, { t: 'r', g: group, m: message } satisfies RaftEnvelope);
+    }
+    for (const [node, b] of beats) this.transport.send(node, { t: 'h', ...(b.h.length > 0 ? { h: b.h } : {}), ...(b.r.length > 0 ? { r: b.r } : {}) } satisfies Heartbeats);
   }
 
   private receive(from: string, value: unknown): void {
@@ -376,6 +403,14 @@ export class ClusterGroups implements Groups {
       case 'r': {
         if (!this.hosted.has(msg.g) || !validRaftMessage(msg.m, raftIdOf(from), this.raftId)) return void metrics.clusterInvalid.inc();
         this.host.step(msg.g, normalizeRaftMessage(msg.m));
+        return;
+      }
+      case 'h': {
+        const sender = raftIdOf(from);
+        for (const { group, message } of expandHeartbeats(msg, sender, this.raftId)) {
+          if (this.hosted.has(group)) this.host.step(group, message);
+          else metrics.clusterInvalid.inc();
+        }
         return;
       }
       case 'a': {

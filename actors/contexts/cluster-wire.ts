@@ -16,6 +16,39 @@ export interface RaftEnvelope {
   m: Message;
 }
 
+/** Heartbeat [group, term, commit, context] and its answer [group, term, context]. */
+export type HeartbeatTuple = [number, number, number, string | null];
+export type HeartbeatRespTuple = [number, number, string | null];
+
+/** The heartbeats of every group between two nodes in one event-loop turn: one message, not one per group. */
+export interface Heartbeats {
+  t: 'h';
+  h?: HeartbeatTuple[];
+  r?: HeartbeatRespTuple[];
+}
+
+/**
+ * The Raft messages a Heartbeats stands for, from `from` to `self` (Raft ids). A tuple without
+ * the exact shape is skipped (counted by the caller as the messages it did not get).
+ */
+export function expandHeartbeats(hb: Heartbeats, from: number, self: number): Array<{ group: number; message: Message }> {
+  const out: Array<{ group: number; message: Message }> = [];
+  const ctx = (c: unknown): c is string | null => c === null || typeof c === 'string';
+  if (Array.isArray(hb.h)) {
+    for (const t of hb.h as unknown[]) {
+      if (!Array.isArray(t) || t.length !== 4 || !whole(t[0]) || !whole(t[1]) || !whole(t[2]) || !ctx(t[3])) continue;
+      out.push({ group: t[0], message: { kind: MessageKind.Heartbeat, from, to: self, term: t[1], commit: t[2], context: t[3] ?? undefined } });
+    }
+  }
+  if (Array.isArray(hb.r)) {
+    for (const t of hb.r as unknown[]) {
+      if (!Array.isArray(t) || t.length !== 3 || !whole(t[0]) || !whole(t[1]) || !ctx(t[2])) continue;
+      out.push({ group: t[0], message: { kind: MessageKind.HeartbeatResp, from, to: self, term: t[1], context: t[2] ?? undefined } });
+    }
+  }
+  return out;
+}
+
 /** A request forwarded to the node that leads (or is thought to lead) its group. */
 export type Forward =
   | { t: 'w'; id: number; g: number; ms: number; req: WriteRequest }
@@ -36,7 +69,7 @@ export interface Answer {
   err?: { code: string; message: string; extra?: Record<string, unknown>; retryAfterS?: number; leader?: number };
 }
 
-export type PeerMessage = RaftEnvelope | Forward | Answer;
+export type PeerMessage = RaftEnvelope | Heartbeats | Forward | Answer;
 
 const whole = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
@@ -112,6 +145,8 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
   switch (v.t) {
     case 'r':
       return whole(v.g) && isObject(v.m) ? 'r' : undefined;
+    case 'h':
+      return (v.h === undefined || Array.isArray(v.h)) && (v.r === undefined || Array.isArray(v.r)) ? 'h' : undefined;
     case 'w':
     case 'q':
     case 'c':

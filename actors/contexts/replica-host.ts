@@ -48,8 +48,8 @@ export interface ReplicaHostOptions {
   founders: (group: number) => number[];
   counter: TokenCounter;
   log: Logger;
-  /** Sends a Raft message of `group` to node `to` (a Raft id); called once the round is durable. */
-  send: (to: number, group: number, message: Message) => void;
+  /** Sends a round's Raft messages (each to `message.to`, a Raft id), once the round is durable. */
+  send: (messages: Array<{ group: number; message: Message }>) => void;
   /** Sends a leader's appends before the round's fsync, and flushes them to the sockets at once. */
   sendNow?: (messages: Array<{ group: number; message: Message }>) => void;
 }
@@ -312,7 +312,7 @@ export class ReplicaHost {
       return;
     }
     metrics.raftRoundSeconds.observe((performance.now() - started) / 1000);
-    for (const { group, message } of result.messages) this.opts.send(message.to, group, message);
+    if (result.messages.length > 0) this.opts.send(result.messages);
     for (const [g, index] of result.applied) this.stamps.set(g, Math.max(this.stamps.get(g) ?? 0, index));
     if (this.stamps.size > 0) {
       const writes = this.buffer.take();

@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
-import { normalizeRaftMessage, peerMessageKind, validRaftMessage } from '../../actors/contexts/cluster-wire.js';
+import { expandHeartbeats, normalizeRaftMessage, peerMessageKind, validRaftMessage } from '../../actors/contexts/cluster-wire.js';
 import { MessageKind, type Message } from '../../actors/raft/types.js';
 
 const from = 7;
@@ -94,6 +94,26 @@ describe('peer messages', () => {
         const o = v as Record<string, unknown>;
         expect(o.t).toBe(kind);
         if (kind !== 'r') expect(Number.isSafeInteger(o.id) && (o.id as number) >= 0).toBe(true);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('coalesced heartbeats expand into the Raft messages they stand for; malformed tuples are skipped', () => {
+    const out = expandHeartbeats(
+      overTheWire({ t: 'h', h: [[3, 5, 40, null], [4, 5, 41, 'g4:1'], [5, -1, 0, null], 'junk'], r: [[6, 5, null], [7, 5, 'x', 'extra']] }),
+      from,
+      to,
+    );
+    expect(out).toEqual([
+      { group: 3, message: { kind: 'heartbeat', from, to, term: 5, commit: 40, context: undefined } },
+      { group: 4, message: { kind: 'heartbeat', from, to, term: 5, commit: 41, context: 'g4:1' } },
+      { group: 6, message: { kind: 'heartbeat_resp', from, to, term: 5, context: undefined } },
+    ]);
+    for (const { message } of out) expect(validRaftMessage(message, from, to)).toBe(true);
+    fc.assert(
+      fc.property(fc.anything(), fc.anything(), (h, r) => {
+        for (const { message } of expandHeartbeats({ t: 'h', h: h as never, r: r as never }, from, to)) expect(validRaftMessage(message, from, to)).toBe(true);
       }),
       { numRuns: 2_000 },
     );
