@@ -77,11 +77,24 @@ const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const ids = (v: unknown): boolean => Array.isArray(v) && v.length <= 64 && v.every((x) => whole(x) && x >= 1);
 
 function validEntry(e: unknown): e is Entry {
-  return isObject(e) && whole(e.term) && e.term >= 1 && whole(e.index) && e.index >= 1 && (e.type === 0 || e.type === 1) && isBytes(e.data);
+  if (!isObject(e) || !whole(e.term) || e.term < 1 || !whole(e.index) || e.index < 1 || !isBytes(e.data)) return false;
+  if (e.type === 0) return true;
+  // A membership change: 9 bytes, an op code (1-3), a node id (conf-change.ts), so applying it cannot throw.
+  if (e.type !== 1 || e.data.byteLength !== 9) return false;
+  const view = new DataView(e.data.buffer, e.data.byteOffset, 9);
+  const op = view.getUint8(0);
+  const node = view.getFloat64(1);
+  return op >= 1 && op <= 3 && Number.isSafeInteger(node) && node >= 1;
 }
 
+/** Strictly ascending positive ids: sorted, no duplicates. */
+const ascending = (v: readonly number[]) => v.every((x, i) => i === 0 || x > v[i - 1]!);
+
 function validConf(c: unknown): boolean {
-  return isObject(c) && ids(c.voters) && ids(c.learners);
+  if (!isObject(c) || !ids(c.voters) || !ids(c.learners)) return false;
+  const voters = c.voters as number[];
+  const learners = c.learners as number[];
+  return voters.length > 0 && ascending(voters) && ascending(learners) && !learners.some((l) => voters.includes(l));
 }
 
 /**
@@ -92,11 +105,14 @@ export function validRaftMessage(m: unknown, from: number, self: number): m is M
   if (!isObject(m) || m.from !== from || m.to !== self || !whole(m.term)) return false;
   switch (m.kind) {
     case MessageKind.App: {
-      if (!whole(m.index) || !whole(m.logTerm) || !whole(m.commit) || !Array.isArray(m.entries)) return false;
+      if (!whole(m.index) || !whole(m.logTerm) || !whole(m.commit) || !Array.isArray(m.entries) || m.logTerm > m.term) return false;
+      // Consecutive indexes; terms never fall along the log, from the one before them, and never pass the sender's.
       let prev = m.index;
+      let term = m.logTerm;
       for (const e of m.entries as unknown[]) {
-        if (!validEntry(e) || e.index !== prev + 1) return false;
+        if (!validEntry(e) || e.index !== prev + 1 || e.term < term || e.term > m.term) return false;
         prev = e.index;
+        term = e.term;
       }
       return true;
     }
@@ -114,7 +130,7 @@ export function validRaftMessage(m: unknown, from: number, self: number): m is M
       return m.context === undefined || m.context === null || typeof m.context === 'string';
     case MessageKind.Snap: {
       const meta = m.meta;
-      if (!isObject(meta) || !whole(meta.index) || !whole(meta.term) || !validConf(meta.conf)) return false;
+      if (!isObject(meta) || !whole(meta.index) || meta.index < 1 || !whole(meta.term) || meta.term < 1 || meta.term > m.term || !validConf(meta.conf)) return false;
       return whole(m.offset) && whole(m.totalBytes) && isBytes(m.data) && m.offset + m.data.byteLength <= m.totalBytes && m.totalBytes <= SnapshotBytesMax;
     }
     case MessageKind.SnapResp:

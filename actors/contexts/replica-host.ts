@@ -181,7 +181,7 @@ export class ReplicaHost {
 
   /** Why this host cannot take writes, if it cannot. */
   get unavailableReason(): string | undefined {
-    if (this.failed) return 'the storage cannot be written; restart the node';
+    if (this.failed || this.replicas.failure) return 'the storage cannot be written; restart the node';
     if (this.closed) return 'shutting down';
     return undefined;
   }
@@ -287,6 +287,8 @@ export class ReplicaHost {
   async close(): Promise<void> {
     this.closed = true;
     while (!this.failed && this.preparing > 0) await new Promise((r) => setTimeout(r, 20));
+    // No more rounds: what still waits for one is answered now (503: it may or may not commit).
+    this.replicas.fail(new Error('the node is shutting down'), true);
     await this.writer.close();
     this.wal.close();
     await this.store.close();
@@ -376,5 +378,7 @@ export class ReplicaHost {
     this.failed = err instanceof Error ? err : new Error(String(err));
     this.opts.log.error('storage write failed; refusing writes until restart', { err });
     metrics.internalErrors.inc();
+    // Nothing more is applied here: every waiting proposal and read is answered 503.
+    this.replicas.fail(this.failed);
   }
 }

@@ -54,6 +54,11 @@ export interface ReplicasOptions {
   sendEarly?: (messages: Array<{ group: number; message: Message }>) => void;
 }
 
+/** Leading, and not since this Ready: its term and vote were made durable by an earlier round. */
+function sendsEarly(node: RawNode, rd: ReturnType<RawNode['ready']>): boolean {
+  return node.raft.role === StateRole.Leader && rd.softState === undefined;
+}
+
 /** What a leader may send before its own log write is durable. */
 const EarlyKinds: ReadonlySet<string> = new Set([MessageKind.App, MessageKind.Heartbeat, MessageKind.Snap]);
 
@@ -234,13 +239,14 @@ export class GroupReplicas {
     this.opts.wal.collect();
   }
 
-  /** Whether this node leads `group` now. */
+  /** Whether this node leads `group` now (never once the set has failed: it cannot commit). */
   leads(group: number): boolean {
-    return this.nodes.get(group)?.raft.role === StateRole.Leader;
+    return this.failed === undefined && this.nodes.get(group)?.raft.role === StateRole.Leader;
   }
 
   /** The Raft id of the leader of `group` this replica knows of, 0 for none (or not replicated here). */
   leaderOf(group: number): number {
+    if (this.failed) return 0;
     return this.nodes.get(group)?.raft.lead ?? 0;
   }
 
@@ -375,18 +381,19 @@ export class GroupReplicas {
       }
       const early = this.opts.sendEarly;
       if (early !== undefined && sync) {
-        // Only a leader sends these kinds, and it became leader in an earlier round, whose
-        // fsync made its term and vote durable.
+        // Only a leader that was already leading in an earlier round (whose fsync made its term
+        // and vote durable) sends before this round's fsync; a leader elected now (a single
+        // voter wins inside tick()) waits for it.
         const out: Array<{ group: number; message: Message }> = [];
         for (const { g, node, rd } of readies) {
-          if (node.raft.role !== StateRole.Leader) continue;
+          if (!sendsEarly(node, rd)) continue;
           for (const message of rd.messages) if (EarlyKinds.has(message.kind)) out.push({ group: g, message });
         }
         if (out.length > 0) early(out);
       }
       if (sync && !this.persist()) return;
       for (const { g, node, rd } of readies) {
-        const sent = early !== undefined && sync && node.raft.role === StateRole.Leader;
+        const sent = early !== undefined && sync && sendsEarly(node, rd);
         for (const message of rd.messages) if (!(sent && EarlyKinds.has(message.kind))) result.messages.push({ group: g, message });
       }
       for (const { g, node, rd } of readies) {
@@ -491,10 +498,15 @@ export class GroupReplicas {
     if (e.type === EntryType.ConfChange) {
       // The membership is the Raft log's to keep (the state store's applied index may pass this
       // entry, and then it is not applied again after a restart); persisted before the round ends.
-      const conf = node.applyConfChange(decodeConfChange(e.data));
-      this.opts.wal.group(g).setConfState(conf, e.index);
-      this.confChanged = true;
-      this.opts.confApplied?.(g, conf);
+      // After a restart behind the store's stamp, the entries up to the newest remembered
+      // membership come again: the core started with that membership, so they are not re-applied.
+      const storage = this.opts.wal.group(g);
+      if (e.index > storage.confIndex()) {
+        const conf = node.applyConfChange(decodeConfChange(e.data));
+        storage.setConfState(conf, e.index);
+        this.confChanged = true;
+        this.opts.confApplied?.(g, conf);
+      }
       if (waiter?.conf && waiter.term === e.term) waiter.resolve(null as unknown as CommandResult);
       // A command waiting at this index was replaced by another term's entry.
       else waiter?.reject(unavailable('the write was replaced by a new leader; retry'));
@@ -507,7 +519,15 @@ export class GroupReplicas {
       if (e.data.byteLength === 0) return;
       waiter = undefined;
     }
-    const cmd = this.packr.unpack(e.data) as Command;
+    let cmd: Command;
+    try {
+      cmd = this.packr.unpack(e.data) as Command;
+    } catch (err) {
+      // Every replica holds the same bytes and skips them alike; the leader encoded them, so this is a bug.
+      this.opts.log.error('a committed entry does not decode; skipped', { err, group: g, index: e.index });
+      waiter?.reject(new FastpacaError('internal', 'the write could not be decoded'));
+      return;
+    }
     const result = applySafely(this.opts.view, cmd, this.opts.machine, (err) => this.opts.log.error('apply failed', { err, kind: cmd.t, id: cmd.id, group: g, index: e.index }));
     if (waiter === undefined) return;
     if (waiter.term !== e.term) return waiter.reject(unavailable('the write was replaced by a new leader; retry'));
@@ -530,11 +550,20 @@ export class GroupReplicas {
     this.readsParked.delete(g);
   }
 
-  private fail(err: unknown): void {
+  /** Why this set cannot go on (its log could not be written), if it cannot. */
+  get failure(): Error | undefined {
+    return this.failed;
+  }
+
+  /**
+   * Stops the set for good (a storage failure, or `shutdown`): every waiting proposal and read
+   * is answered 503 now, and nothing more is proposed, persisted or applied.
+   */
+  fail(err: unknown, shutdown = false): void {
     if (this.failed) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
-    this.opts.log.error('the Raft log cannot be written; refusing writes until restart', { err });
-    for (const g of this.nodes.keys()) this.failWaiters(g, 'the node cannot write to its storage');
+    if (!shutdown) this.opts.log.error('the Raft log cannot be written; refusing writes until restart', { err });
+    for (const g of this.nodes.keys()) this.failWaiters(g, shutdown ? 'the node is shutting down; retry' : 'the node cannot write to its storage');
   }
 }
 

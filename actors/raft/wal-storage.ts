@@ -463,6 +463,11 @@ export class WalGroupStorage implements Storage {
     this.wal.markDirty(this);
   }
 
+  /** The index of the newest membership this log remembers (a conf change's, or the compaction point's). */
+  confIndex(): number {
+    return this.confs[this.confs.length - 1]?.index ?? this.meta.index;
+  }
+
   /** Membership as of `index` (at or after the compaction point): what a snapshot there carries. */
   confAt(index: number): ConfState {
     assert(index >= this.meta.index, `membership is known from the compaction point (${this.meta.index}) on, not at ${index}`);

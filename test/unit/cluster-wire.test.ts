@@ -54,9 +54,16 @@ describe('peer messages', () => {
     const app = samples[0] as Extract<Message, { kind: 'app' }>;
     expect(validRaftMessage({ ...app, entries: [entry(6), entry(5)] }, from, to)).toBe(false);
     expect(validRaftMessage({ ...app, entries: [entry(7)] }, from, to)).toBe(false);
+    expect(validRaftMessage({ ...app, entries: [{ ...entry(5), term: 1 }] }, from, to), 'a term below the one before').toBe(false);
+    expect(validRaftMessage({ ...app, entries: [{ ...entry(5), term: 4 }] }, from, to), "a term above the sender's").toBe(false);
+    expect(validRaftMessage({ ...app, entries: [{ ...entry(5), type: 1 }] }, from, to), 'a membership change that does not decode').toBe(false);
     const snap = samples[10] as Extract<Message, { kind: 'snap' }>;
     expect(validRaftMessage({ ...snap, offset: 2 }, from, to)).toBe(false);
     expect(validRaftMessage({ ...snap, totalBytes: 2 ** 40 }, from, to)).toBe(false);
+    expect(validRaftMessage({ ...snap, meta: { ...snap.meta, conf: { voters: [], learners: [] } } }, from, to), 'no voters').toBe(false);
+    expect(validRaftMessage({ ...snap, meta: { ...snap.meta, conf: { voters: [9, 7], learners: [] } } }, from, to), 'unsorted').toBe(false);
+    expect(validRaftMessage({ ...snap, meta: { ...snap.meta, conf: { voters: [7], learners: [7] } } }, from, to), 'voter and learner').toBe(false);
+    expect(validRaftMessage({ ...snap, meta: { ...snap.meta, term: 4 } }, from, to), "a term above the sender's").toBe(false);
   });
 
   it('no mangled field gets through with a value the core cannot take (fast-check)', () => {
