@@ -126,7 +126,9 @@ export class ClusterGroups implements Groups {
     for (let g = 0; g < config.groups; g++) if (placement(g).includes(config.nodeId)) placed.push(g);
     const counter = new PoolTokenCounter(config.tokenizerThreads);
     let self: ClusterGroups | undefined;
-    const early = new EarlyPeers();
+    // Known before any peer can ask: a member says so even while it is still opening its storage.
+    const membership = await ReplicaHost.membership(config);
+    const early = new EarlyPeers(membership?.founders);
     const transport = new Transport({
       clusterId: config.clusterId,
       nodeId: config.nodeId,
@@ -145,18 +147,21 @@ export class ClusterGroups implements Groups {
     let host: ReplicaHost | undefined;
     try {
       await transport.start();
-      // A node founds its groups only on its first start, and only if no peer it can reach
-      // belongs to a cluster yet; otherwise it joins with empty groups, which the coordinator
-      // adds to their groups and their leaders bring up to date with snapshots.
-      const member = await ReplicaHost.isMember(config);
-      const join = member ? false : await early.discover(transport, nodeIds.filter((id) => id !== config.nodeId), log);
-      if (!member) log.info(join ? 'joining an existing cluster' : 'founding the cluster', { nodes: nodeIds });
+      // The founders are the nodes of the first FASTPACA_PEERS, as the first of them to found
+      // recorded it. A node that is one of them founds its groups with exactly their founding
+      // membership (at first start, or later, late); any other node joins with empty groups,
+      // which the coordinator adds to their groups and their leaders fill with snapshots. Once a
+      // directory belongs to a cluster, nothing is founded again.
+      const founders = membership?.founders ?? (await early.discover(transport, nodeIds.filter((id) => id !== config.nodeId), log)) ?? nodeIds;
+      const founding = membership === undefined && founders.includes(config.nodeId);
+      if (membership === undefined) log.info(founding ? 'founding the groups placed on this node' : 'joining an existing cluster', { founders, nodes: nodeIds });
+      const foundingPlacement = (g: number) => replicasOf(g, founders, Math.min(config.replicas, founders.length));
       host = await ReplicaHost.open({
         config,
         raftId: raftIdOf(config.nodeId),
         groups: placed,
-        // Never found a group once this node is part of a cluster: its groups came from there.
-        founders: (g) => (member || join ? [] : placement(g).map(raftIdOf)),
+        founders: (g) => (founding && foundingPlacement(g).includes(config.nodeId) ? foundingPlacement(g).map(raftIdOf) : []),
+        foundedBy: founders,
         counter,
         log,
         send: (messages) => self?.sendRaft(messages),
@@ -172,7 +177,6 @@ export class ClusterGroups implements Groups {
       throw err;
     }
     self = new ClusterGroups(config, log, host, transport, counter, host.groups);
-    early.replay((from, message) => self!.receive(from, message));
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
   }
@@ -408,8 +412,17 @@ export class ClusterGroups implements Groups {
       case 'h': {
         const sender = raftIdOf(from);
         for (const { group, message } of expandHeartbeats(msg, sender, this.raftId)) {
-          if (this.hosted.has(group)) this.host.step(group, message);
-          else metrics.clusterInvalid.inc();
+          if (!this.hosted.has(group)) {
+            metrics.clusterInvalid.inc();
+            continue;
+          }
+          try {
+            this.host.step(group, message);
+          } catch (err) {
+            // One group's trouble (say, a leader that remembers more of this replica than it
+            // holds) must not cost the other groups their heartbeats.
+            this.log.error('a heartbeat could not be taken', { group, err });
+          }
         }
         return;
       }
@@ -487,7 +500,13 @@ export class ClusterGroups implements Groups {
           } catch {
             continue; // no leader now: the next pass
           }
-          const step = nextMembershipStep(st, desired);
+          let step: ReturnType<typeof nextMembershipStep>;
+          try {
+            step = nextMembershipStep(st, desired);
+          } catch (err) {
+            this.log.error('could not decide a membership step', { group: g, err });
+            continue;
+          }
           if (step === undefined) continue;
           const name = (id: number) => this.byRaftId.get(id) ?? String(id);
           this.log.info('moving a replica', { group: g, step: step.t === 'c' ? `${step.req.op} ${name(step.req.node)}` : `transfer leadership to ${name(step.req.to)}` });
@@ -516,7 +535,7 @@ export class ClusterGroups implements Groups {
         work = this.runHere(f.t, f.g, f.req);
         break;
       case 'f':
-        work = Promise.resolve(true);
+        work = Promise.resolve(this.host.foundedBy);
         break;
       case 'l':
         work = Promise.resolve(this.host.list(f.req, (g) => this.host.leads(g)));
@@ -558,49 +577,54 @@ export function nextMembershipStep(st: GroupStatus, desired: readonly number[]):
 }
 
 /**
- * Peer messages that arrive while the node is still opening its storage: queued (bounded) for
- * when it is open, except the question "have you joined a cluster?", answered at once: no.
+ * Peers' messages while this node is still opening its storage. The question "do you belong to a
+ * cluster?" is answered at once (with the founders, when this directory is a member's); the
+ * answers to this node's own questions are taken; everything else is dropped: Raft sends again,
+ * and a forwarded request's caller times out and retries.
  */
 class EarlyPeers {
-  private readonly pending: Array<[string, unknown]> = [];
-  private readonly waiting = new Map<number, (founded: boolean) => void>();
-  private nextId = 1;
+  private readonly waiting = new Map<number, { peer: string; asked: number; answer: (founders: string[] | null) => void }>();
+  /** Far from ClusterGroups' call ids, so a late answer to a question never matches a call. */
+  private nextId = 2 ** 40;
+
+  constructor(private readonly founders: string[] | undefined) {}
 
   receive(from: string, message: unknown, transport: Transport): void {
     const kind = peerMessageKind(message);
-    const m = message as PeerMessage;
-    if (kind === 'f') return void transport.send(from, { t: 'a', id: (m as Forward).id, ok: false } satisfies Answer);
-    if (kind === 'a' && this.waiting.has((m as Answer).id)) return this.waiting.get((m as Answer).id)!((m as Answer).ok === true);
-    if (this.pending.length < 100_000) this.pending.push([from, message]);
-  }
-
-  replay(to: (from: string, message: unknown) => void): void {
-    for (const [from, message] of this.pending.splice(0)) to(from, message);
+    if (kind === 'f') return void transport.send(from, { t: 'a', id: (message as Forward).id, ok: this.founders ?? null } satisfies Answer);
+    if (kind !== 'a') return void metrics.clusterDropped.inc();
+    const a = message as Answer;
+    const w = this.waiting.get(a.id);
+    if (w === undefined || w.peer !== from) return;
+    this.waiting.delete(a.id);
+    const ok = a.ok;
+    w.answer(Array.isArray(ok) && ok.length > 0 && ok.every((x) => typeof x === 'string') ? (ok as string[]) : null);
   }
 
   /**
-   * Asks the peers whether they belong to a cluster until one says yes (join: true), or a
-   * majority of all nodes, this one included, has said no (found: false). Waits as long as it
-   * takes: founding without a majority's word could found a second cluster over the first.
+   * Asks the peers whether they belong to a cluster until one answers with its founders (this
+   * node then founds with them, or joins), or a majority of all nodes, this one included, has
+   * answered no (undefined: the cluster is founded now, with this node's list). Waits as long as
+   * it takes: founding without a majority's word could found a second cluster over the first.
    */
-  async discover(transport: Transport, peers: string[], log: Logger): Promise<boolean> {
-    const said = new Map<string, boolean>();
+  async discover(transport: Transport, peers: string[], log: Logger): Promise<string[] | undefined> {
+    const said = new Map<string, string[] | null>();
     const majority = Math.floor((peers.length + 1) / 2) + 1;
-    const started = Date.now();
-    let warned = started;
+    let warned = Date.now();
     for (;;) {
+      const now = Date.now();
+      for (const [id, w] of this.waiting) if (now - w.asked > 1_000) this.waiting.delete(id);
+      const asking = new Set([...this.waiting.values()].map((w) => w.peer));
       for (const peer of peers) {
-        if (said.has(peer) || !transport.connected(peer)) continue;
+        if (said.has(peer) || asking.has(peer) || !transport.connected(peer)) continue;
         const id = this.nextId++;
-        this.waiting.set(id, (founded) => {
-          this.waiting.delete(id);
-          said.set(peer, founded);
-        });
+        this.waiting.set(id, { peer, asked: now, answer: (founders) => said.set(peer, founders) });
         transport.send(peer, { t: 'f', id, ms: 1_000 });
       }
       await pause(100);
-      if ([...said.values()].some((f) => f)) return true;
-      if (said.size + 1 >= majority) return false;
+      const founded = [...said.values()].find((f) => f !== null);
+      if (founded) return founded;
+      if (said.size + 1 >= majority) return undefined;
       if (Date.now() - warned > 10_000) {
         warned = Date.now();
         log.warn('waiting for a majority of the cluster before founding or joining it', { answered: [...said.keys()], needed: majority - 1 });

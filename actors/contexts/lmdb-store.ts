@@ -129,8 +129,8 @@ export class LmdbStore {
   }
 
   /** Which cluster this data directory belongs to, if it has been part of one. */
-  clusterMember(): { clusterId: string; nodeId: string } | undefined {
-    return this.meta.get('cluster') as { clusterId: string; nodeId: string } | undefined;
+  clusterMember(): ClusterMembership | undefined {
+    return this.meta.get('cluster') as ClusterMembership | undefined;
   }
 
   /** Whether a single node has written here (a command log's stamp). */
@@ -139,9 +139,9 @@ export class LmdbStore {
     return false;
   }
 
-  /** Marks the directory as `nodeId`'s of cluster `clusterId`, durably, before any group is founded. */
-  async joinCluster(clusterId: string, nodeId: string): Promise<void> {
-    await this.meta.put('cluster', { clusterId, nodeId });
+  /** Marks the directory as a member's of a cluster, durably. */
+  async joinCluster(m: ClusterMembership): Promise<void> {
+    await this.meta.put('cluster', m);
     await this.root.flushed;
   }
 
@@ -169,6 +169,13 @@ export class LmdbStore {
 /** The tables whose keys start with the group (a group's range); `ids` is rebuilt from `log`. */
 export const GroupTables = ['log', 'overrides', 'summaries', 'idem', 'idemOrder'] as const;
 export type GroupTable = (typeof GroupTables)[number];
+
+/** The cluster a node's directory belongs to, and the nodes that founded it. */
+export interface ClusterMembership {
+  clusterId: string;
+  nodeId: string;
+  founders: string[];
+}
 
 /** One group's state, as a snapshot carries it. */
 export interface GroupData {

@@ -8,7 +8,7 @@ import type { ConfChange } from '../raft/conf-change.js';
 import { Xoshiro128 } from '../raft/random.js';
 import type { Message, Snapshot } from '../raft/types.js';
 import { RaftWal } from '../raft/wal-storage.js';
-import { LmdbStore, type GroupData, type LmdbView } from './lmdb-store.js';
+import { LmdbStore, type ClusterMembership, type GroupData, type LmdbView } from './lmdb-store.js';
 import { monotonicClock, prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
 import { GroupReplicas, type GroupStatus } from './replicas.js';
@@ -46,6 +46,8 @@ export interface ReplicaHostOptions {
   groups: readonly number[];
   /** The voters a group is founded with (Raft ids), the first time this node starts; none: join. */
   founders: (group: number) => number[];
+  /** The nodes that founded the cluster: recorded with the directory's membership. */
+  foundedBy: string[];
   counter: TokenCounter;
   log: Logger;
   /** Sends a round's Raft messages (each to `message.to`, a Raft id), once the round is durable. */
@@ -91,14 +93,19 @@ export class ReplicaHost {
     this.view = store.bufferedView(this.buffer);
   }
 
-  /** Whether the data directory already belongs to a cluster (this node founded or joined its groups). */
-  static async isMember(config: Config): Promise<boolean> {
+  /** The cluster the data directory belongs to, if this node has founded or joined its groups. */
+  static async membership(config: Config): Promise<ClusterMembership | undefined> {
     const store = LmdbStore.open(config.dataDir, config.groups);
     try {
-      return store.clusterMember() !== undefined;
+      return store.clusterMember();
     } finally {
       await store.close();
     }
+  }
+
+  /** The nodes that founded the cluster. */
+  get foundedBy(): string[] {
+    return this.opts.foundedBy;
   }
 
   static async open(opts: ReplicaHostOptions): Promise<ReplicaHost> {
@@ -119,9 +126,10 @@ export class ReplicaHost {
       if (member !== undefined && withState.length === 0 && opts.groups.some((g) => store.groupApplied(g) > 0)) {
         throw new FastpacaError('unavailable', `the Raft log is missing from ${config.dataDir}; this node cannot rejoin with it (give it a new node id and an empty directory)`);
       }
-      if (member === undefined) await store.joinCluster(config.clusterId, config.nodeId);
       const host = new ReplicaHost(store, wal, { ...opts, groups: [...new Set([...opts.groups, ...withState])].sort((a, b) => a - b) });
       host.start();
+      // Only once the founded groups are on disk: a crash before this founds them again, alike.
+      if (member === undefined) await store.joinCluster({ clusterId: config.clusterId, nodeId: config.nodeId, founders: opts.foundedBy });
       return host;
     } catch (err) {
       wal?.close();

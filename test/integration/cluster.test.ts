@@ -13,8 +13,8 @@ afterEach(async () => {
   await Promise.all(clusters.splice(0).map((c) => c.close()));
 });
 
-async function start(n: number, env: Record<string, string> = {}): Promise<TestCluster> {
-  const c = await TestCluster.start(n, { env });
+async function start(n: number, env: Record<string, string> = {}, later: number[] = []): Promise<TestCluster> {
+  const c = await TestCluster.start(n, { env, later });
   clusters.push(c);
   return c;
 }
@@ -187,4 +187,18 @@ describe('a cluster of three node processes', () => {
     await c.close();
     expect(await assertReplicasIdentical(c)).toBeGreaterThan(0);
   }, 240_000);
+
+  it('a founder that starts after the others founded founds its groups alike and catches up', async () => {
+    const c = await start(3, {}, [2]);
+    const id = 'late';
+    expect((await call(c.url(0), 'PUT', `/v1/contexts/${id}`, { token_budget: 10_000 })).status).toBeLessThan(300);
+    for (let k = 1; k <= 10; k++) expect((await appendRetrying(() => c.url(k % 2), id, text(`m${k}`), `k${k}`)).seq).toBe(k);
+    await c.startNode(2, { LOG_LEVEL: 'info' });
+    expect(c.nodes[2]!.server!.output()).toContain('founding the groups placed on this node');
+    await c.converged();
+    const r = await call(c.url(2), 'GET', `/v1/contexts/${id}/messages?from_seq=1`);
+    expect(r.body.messages.map((m: { seq: number }) => m.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    await c.close();
+    expect(await assertReplicasIdentical(c)).toBe(Groups);
+  });
 });

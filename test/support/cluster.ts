@@ -64,12 +64,13 @@ export class TestCluster {
    * `dial(from, to, port)` gives the port node `from` dials to reach `to`, whose cluster port is
    * `port` (a fault proxy's, between them), when given.
    */
-  static async start(n: number, opts: { env?: Record<string, string>; dial?: (from: number, to: number, port: number) => Promise<number> } = {}): Promise<TestCluster> {
+  static async start(n: number, opts: { env?: Record<string, string>; dial?: (from: number, to: number, port: number) => Promise<number>; later?: number[] } = {}): Promise<TestCluster> {
     const root = tempDir('fastpaca-cluster-');
     const nodes: ClusterNode[] = [];
     for (let i = 0; i < n; i++) nodes.push({ id: `n${i}`, dataDir: path.join(root, `n${i}`), clusterPort: await freePort(), server: undefined });
     const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, root, opts.dial);
-    await Promise.all(nodes.map((_, i) => cluster.startNode(i)));
+    // Nodes in `later` are listed but not started: the others can found without them.
+    await Promise.all(nodes.map((_, i) => (opts.later?.includes(i) ? undefined : cluster.startNode(i))));
     return cluster;
   }
 
