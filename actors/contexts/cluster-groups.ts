@@ -305,7 +305,7 @@ export class ClusterGroups implements Groups {
         }
       }
       try {
-        if (target === this.config.nodeId) return await this.runHere(t, group, req);
+        if (target === this.config.nodeId) return await withDeadline(this.runHere(t, group, req), left);
         metrics.forwarded.inc();
         return await this.call(target!, { t, id: 0, g: group, ms: Math.floor(left), req } as Forward, left);
       } catch (err) {
@@ -641,6 +641,15 @@ class UnreachableError extends FastpacaError {
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** `work`, or 503 `unavailable` once `ms` have passed (the work itself may still complete). */
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new FastpacaError('unavailable', 'the group did not answer in time; retry', { retryAfterS: 1 })), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
 
 function toWire(err: unknown): NonNullable<Answer['err']> {
   if (err instanceof NotLeaderError) return { code: 'unavailable', message: err.message, retryAfterS: 1, leader: err.leader };
