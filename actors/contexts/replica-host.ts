@@ -24,7 +24,6 @@ interface Mark {
   stamps: Map<number, number>;
 }
 
-
 /**
  * Refused because this replica does not lead the group: the caller routes to `leader` (a Raft
  * id; 0 when no leader is known) and retries. Nothing was proposed, so a retry is always safe.
@@ -112,6 +111,7 @@ export class ReplicaHost {
     const { config } = opts;
     const store = LmdbStore.open(config.dataDir, config.groups);
     let wal: RaftWal | undefined;
+    let host: ReplicaHost | undefined;
     try {
       const member = store.clusterMember();
       if (member === undefined) {
@@ -126,14 +126,17 @@ export class ReplicaHost {
       if (member !== undefined && withState.length === 0 && opts.groups.some((g) => store.groupApplied(g) > 0)) {
         throw new FastpacaError('unavailable', `the Raft log is missing from ${config.dataDir}; this node cannot rejoin with it (give it a new node id and an empty directory)`);
       }
-      const host = new ReplicaHost(store, wal, { ...opts, groups: [...new Set([...opts.groups, ...withState])].sort((a, b) => a - b) });
+      host = new ReplicaHost(store, wal, { ...opts, groups: [...new Set([...opts.groups, ...withState])].sort((a, b) => a - b) });
       host.start();
       // Only once the founded groups are on disk: a crash before this founds them again, alike.
       if (member === undefined) await store.joinCluster({ clusterId: config.clusterId, nodeId: config.nodeId, founders: opts.foundedBy });
       return host;
     } catch (err) {
-      wal?.close();
-      await store.close();
+      if (host !== undefined) await host.close().catch(() => undefined);
+      else {
+        wal?.close();
+        await store.close();
+      }
       throw err;
     }
   }
