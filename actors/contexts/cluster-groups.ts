@@ -72,9 +72,9 @@ export interface ClusterView {
  * leader, or the last hint for a group not hosted here, or a replica of the group). A node that
  * does not lead answers with its own leader hint, and the request follows it, at most HopsMax
  * times and within the request deadline; with no leader anywhere it waits for an election, then
- * answers 503 `unavailable` with Retry-After. Only refusals for not leading are retried: nothing
- * was proposed for them. Any other failure is the caller's (an idempotency key makes its retry
- * exact).
+ * answers 503 `unavailable` with Retry-After. Retried inside: refusals for not leading and an
+ * unreachable target (nothing was proposed for them), and any 503 of a read. Any other failure of
+ * a write is the caller's (an idempotency key makes its retry exact).
  */
 export class ClusterGroups implements Groups {
   private readonly nodes: PeerSpec[];
@@ -90,7 +90,6 @@ export class ClusterGroups implements Groups {
   private coordinating = false;
   private closed = false;
   private readonly raftId: number;
-  private readonly replicaCount: number;
 
   private constructor(
     private readonly config: Config,
@@ -98,13 +97,13 @@ export class ClusterGroups implements Groups {
     private readonly host: ReplicaHost,
     private readonly transport: Transport,
     private readonly counter: PoolTokenCounter,
-    hosted: number[],
+    /** Per group, the nodes it is placed on (FASTPACA_PEERS is fixed for the process's life). */
+    private readonly placement: readonly string[][],
   ) {
     this.nodes = config.peers!;
     for (const n of this.nodes) this.byRaftId.set(raftIdOf(n.id), n.id);
     this.raftId = raftIdOf(config.nodeId);
-    this.replicaCount = Math.min(config.replicas, this.nodes.length);
-    this.hosted = new Set(hosted);
+    this.hosted = new Set(host.groups);
     this.ticker = setInterval(() => this.host.tick(), config.tickMs);
     this.sweeper = setInterval(() => this.sweep(), 100);
     this.sweeper.unref();
@@ -121,9 +120,9 @@ export class ClusterGroups implements Groups {
     assert(peers !== undefined && peers.length > 1, 'a cluster has at least two nodes');
     const nodeIds = peers.map((p) => p.id);
     const replicas = Math.min(config.replicas, peers.length);
-    const placement = (g: number) => replicasOf(g, nodeIds, replicas);
+    const placement = Array.from({ length: config.groups }, (_, g) => replicasOf(g, nodeIds, replicas));
     const placed: number[] = [];
-    for (let g = 0; g < config.groups; g++) if (placement(g).includes(config.nodeId)) placed.push(g);
+    for (let g = 0; g < config.groups; g++) if (placement[g]!.includes(config.nodeId)) placed.push(g);
     const counter = new PoolTokenCounter(config.tokenizerThreads);
     let self: ClusterGroups | undefined;
     // Known before any peer can ask: a member says so even while it is still opening its storage.
@@ -176,7 +175,7 @@ export class ClusterGroups implements Groups {
       await counter.close();
       throw err;
     }
-    self = new ClusterGroups(config, log, host, transport, counter, host.groups);
+    self = new ClusterGroups(config, log, host, transport, counter, placement);
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
   }
@@ -214,10 +213,9 @@ export class ClusterGroups implements Groups {
     if (reason !== undefined) return { ready: false, reason };
     let without = 0;
     let joining = 0;
-    const nodeIds = this.nodes.map((n) => n.id);
     for (const g of this.hosted) {
       if (!this.host.member(g)) {
-        if (replicasOf(g, nodeIds, this.replicaCount).includes(this.config.nodeId)) joining++;
+        if (this.placement[g]!.includes(this.config.nodeId)) joining++;
       } else if (this.host.leaderOf(g) === 0) without++;
     }
     if (joining > 0) return { ready: false, reason: `${joining} groups placed on this node have not added it yet` };
@@ -232,7 +230,6 @@ export class ClusterGroups implements Groups {
     const groupStatus: ClusterView['group_status'] = [];
     let leading = 0;
     let without = 0;
-    const nodeIds = this.nodes.map((n) => n.id);
     for (const g of [...this.hosted].sort((a, b) => a - b)) {
       const st = this.host.status(g)!;
       if (st.role === 'leader') leading++;
@@ -246,7 +243,7 @@ export class ClusterGroups implements Groups {
         applied: st.applied,
         first_index: st.firstIndex,
         last_index: st.lastIndex,
-        replicas: replicasOf(g, nodeIds, this.replicaCount),
+        replicas: this.placement[g]!,
         voters: st.voters.map((id) => this.byRaftId.get(id) ?? String(id)),
         learners: st.learners.map((id) => this.byRaftId.get(id) ?? String(id)),
       };
@@ -258,7 +255,7 @@ export class ClusterGroups implements Groups {
       cluster: this.config.clusterId,
       nodes: this.nodes.map((n) => ({ id: n.id, raft_id: raftIdOf(n.id), address: `${n.host}:${n.port}`, self: n.id === this.config.nodeId, connected: n.id === this.config.nodeId || this.transport.connected(n.id) })),
       groups: this.config.groups,
-      replicas: this.replicaCount,
+      replicas: Math.min(this.config.replicas, this.nodes.length),
       hosted: this.hosted.size,
       leading,
       without_leader: without,
@@ -295,11 +292,11 @@ export class ClusterGroups implements Groups {
       if (target === undefined) {
         if (!this.host.member(group)) {
           // Not a replica here and no hint: ask the replicas in turn, they know their leader.
-          const replicas = replicasOf(group, this.nodes.map((n) => n.id), this.replicaCount);
+          const replicas = this.placement[group]!;
           target = replicas[tried++ % replicas.length];
         } else {
           // An election is under way: wait for it (bounded by the deadline and HopsMax).
-          await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, left));
+          await backoff(hop, deadline);
           target = this.leaderNode(group);
           continue;
         }
@@ -312,14 +309,14 @@ export class ClusterGroups implements Groups {
         if (err instanceof UnreachableError) {
           // Nothing was sent: the leader may have died; wait for the next one.
           if (!this.host.member(group)) this.hints.delete(group);
-          await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
+          await backoff(hop, deadline);
           target = this.leaderNode(group);
           if (target === err.peer && !this.transport.connected(err.peer)) target = undefined;
           continue;
         }
         // A read is safe to try again whatever happened to it (a leader stepping down mid-read).
         if (t === 'q' && err instanceof FastpacaError && err.code === 'unavailable' && !(err instanceof NotLeaderError)) {
-          await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
+          await backoff(hop, deadline);
           target = this.leaderNode(group);
           continue;
         }
@@ -330,7 +327,7 @@ export class ClusterGroups implements Groups {
           else this.hints.set(group, hinted);
         }
         target = hinted === target ? undefined : hinted;
-        if (target === undefined) await pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
+        if (target === undefined) await backoff(hop, deadline);
       }
     }
     throw new FastpacaError('unavailable', `group ${group} has no leader this node can reach; retry`, { retryAfterS: 1 });
@@ -488,12 +485,11 @@ export class ClusterGroups implements Groups {
     if (this.coordinating || this.closed || !this.isCoordinator()) return;
     this.coordinating = true;
     try {
-      const nodeIds = this.nodes.map((n) => n.id);
       let next = 0;
       const worker = async (): Promise<void> => {
         while (!this.closed && next < this.config.groups) {
           const g = next++;
-          const desired = replicasOf(g, nodeIds, this.replicaCount).map(raftIdOf);
+          const desired = this.placement[g]!.map(raftIdOf);
           let st: GroupStatus;
           try {
             st = (await this.route(g, 'g', {})) as GroupStatus;
@@ -641,6 +637,9 @@ class UnreachableError extends FastpacaError {
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The wait before the next try of a request's hop-th: longer each time, capped, never past its deadline. */
+const backoff = (hop: number, deadline: number) => pause(Math.min(NoLeaderWaitMs * (hop + 1), NoLeaderWaitMaxMs, Math.max(0, deadline - performance.now())));
 
 /** `work`, or 503 `unavailable` once `ms` have passed (the work itself may still complete). */
 function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {

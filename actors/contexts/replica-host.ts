@@ -370,11 +370,8 @@ export class ReplicaHost {
       this.durable.set(g, Math.max(this.durable.get(g) ?? 0, index));
       let target = this.durable.get(g)!;
       // A leader keeps, within a bound, what a lagging follower still needs from the log.
-      const match = this.replicas.status(g)?.match;
-      if (match !== undefined) {
-        const lowest = Math.min(...Object.values(match));
-        if (target - lowest <= this.opts.config.lagEntriesMax) target = Math.min(target, lowest);
-      }
+      const lowest = this.replicas.lowestMatch(g);
+      if (lowest !== undefined && target - lowest <= this.opts.config.lagEntriesMax) target = Math.min(target, lowest);
       targets.set(g, target);
     }
     try {

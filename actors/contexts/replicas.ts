@@ -119,10 +119,9 @@ const PassesMax = 8;
  * down first, it is answered 503 `unavailable` (it may still be applied later, once: the 503
  * contract, exact with an idempotency key).
  *
- * Not wired into the node yet (docs/replication.md). What the cluster adds on top: carrying
- * `step`'s messages and the round's between nodes, ticking, and installing a leader's snapshot
- * into the state store, which this class refuses until then (no log is compacted before the
- * state store holds it, so only a replica that fell behind a compaction would need one).
+ * Also here: linearizable reads (ReadIndex), membership changes, snapshots (built from the state
+ * store through `snapshotOf`, installed through `install`). ReplicaHost drives it on a cluster
+ * node: it carries the messages, ticks, and compacts (docs/replication.md).
  */
 export class GroupReplicas {
   private readonly nodes = new Map<number, RawNode>();
@@ -306,6 +305,15 @@ export class GroupReplicas {
     const r = node.transferLeader(to);
     this.active.add(group);
     return r.ok;
+  }
+
+  /** On a group's leader: the lowest index any replica is known to hold; otherwise undefined. */
+  lowestMatch(group: number): number | undefined {
+    const node = this.nodes.get(group);
+    if (node === undefined || node.raft.role !== StateRole.Leader) return undefined;
+    let lowest = Infinity;
+    for (const pr of node.raft.prs.values()) lowest = Math.min(lowest, pr.match);
+    return lowest;
   }
 
   /** The groups replicated here, ascending. */

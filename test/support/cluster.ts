@@ -85,11 +85,6 @@ export class TestCluster {
     return node.server;
   }
 
-  /** Nodes that are running. */
-  live(): ClusterNode[] {
-    return this.nodes.filter((n) => n.server !== undefined && n.server.pid !== undefined);
-  }
-
   url(i: number): string {
     const s = this.nodes[i]!.server;
     if (!s) throw new Error(`node ${i} is not running`);
