@@ -129,7 +129,7 @@ export const metrics = {
   }),
   raftRoundSeconds: new client.Histogram({
     name: 'fastpaca_raft_round_seconds',
-    help: 'Time a Raft round holds the group thread: persist (one fdatasync for every group), send, apply',
+    help: 'Duration of a Raft round: one write and one fdatasync (off the thread) for every group, send, apply',
     buckets: [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1],
     registers: [registry],
   }),

@@ -5,7 +5,8 @@ import { assert } from './errors.js';
 
 /**
  * An append-only log of opaque records at consecutive indexes, in segment files, made durable
- * by one write and one fdatasync per append, on the calling thread.
+ * by one write and one fdatasync per append: on the calling thread (append), or with the
+ * fdatasync on libuv's pool (appendDeferred).
  *
  * Why by hand and why synchronous: on this stack every hand-off between threads costs a
  * scheduler wake-up, and on a 2-core machine under load a wake-up can take a whole time slice
@@ -13,7 +14,9 @@ import { assert } from './errors.js';
  * threads). The command log is the acknowledgement path, so it is written by the thread that
  * answers, with no hand-off: an lmdb-js log (its own write thread, then `flushed`) took 2.9 ms a
  * round under load, this takes ~1.3 ms (docs/benchmarks.md). What a round blocks is that thread
- * only; requests that arrive meanwhile join the next round.
+ * only; requests that arrive meanwhile join the next round. A cluster node, whose rounds wait on
+ * other nodes' fsyncs as well as its own, uses appendDeferred: there the thread has the peers'
+ * messages to read and step while its disk works, and that measured better (docs/replication.md).
  *
  * Layout: `<dir>/<first index, 20 digits>.seg`. A record is a 16-byte header — payload length
  * (u32), CRC-32 of index and payload (u32), index (f64) — then the payload; indexes follow each
@@ -37,6 +40,8 @@ export class SegmentLog {
   /** Set by a failed write or fdatasync: what reached the disk is unknown, so nothing more is written. */
   private broken: Error | undefined;
   private closed = false;
+  /** A deferred append's fdatasync is in flight. */
+  private syncing = false;
 
   private constructor(
     private readonly dir: string,
@@ -90,6 +95,7 @@ export class SegmentLog {
    */
   skipTo(index: number): void {
     if (index <= this.next) return;
+    assert(!this.syncing, 'no skip while a deferred append is being synced');
     assert(this.firstIndex === undefined, 'only an empty log skips ahead');
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
@@ -105,7 +111,39 @@ export class SegmentLog {
    * they may or may not be there after a restart, and the log refuses every later append.
    */
   append(payloads: readonly Uint8Array[]): number {
+    const first = this.write(payloads);
+    try {
+      fs.fdatasyncSync(this.fd!);
+    } catch (err) {
+      throw this.fail(err);
+    }
+    return first;
+  }
+
+  /**
+   * As append, but the fdatasync runs on libuv's pool, so that the thread can go on while the
+   * disk works: returns the first index once the records are written; `durable` resolves once
+   * they are on disk, and rejects (breaking the log, as append does) if they may not be. Until it
+   * settles nothing else may append, truncate or close: the caller keeps one in flight.
+   */
+  appendDeferred(payloads: readonly Uint8Array[]): { first: number; durable: Promise<void> } {
+    const first = this.write(payloads);
+    const fd = this.fd!;
+    this.syncing = true;
+    const durable = new Promise<void>((resolve, reject) => {
+      fs.fdatasync(fd, (err) => {
+        this.syncing = false;
+        if (err) reject(this.fail(err));
+        else resolve();
+      });
+    });
+    return { first, durable };
+  }
+
+  /** Writes the records (not yet durable) and returns the first index. */
+  private write(payloads: readonly Uint8Array[]): number {
     assert(!this.closed, 'a closed log is not appended to');
+    assert(!this.syncing, 'one deferred append at a time: the previous one is still being synced');
     if (this.broken) throw this.broken;
     assert(payloads.length > 0, 'an append carries records');
     try {
@@ -127,16 +165,21 @@ export class SegmentLog {
       const fd = this.fd!;
       let written = 0;
       while (written < bytes) written += fs.writeSync(fd, buf, written, bytes - written, this.size + written);
-      fs.fdatasyncSync(fd);
       this.size += bytes;
       this.next += payloads.length;
       return first;
     } catch (err) {
-      // After a failed write or fdatasync the kernel may have dropped the pages: appending more
-      // could acknowledge records behind a hole. Only a restart, which rereads the files, is safe.
-      this.broken = err instanceof Error ? err : new Error(String(err));
-      throw err;
+      throw this.fail(err);
     }
+  }
+
+  /**
+   * After a failed write or fdatasync the kernel may have dropped the pages: appending more
+   * could acknowledge records behind a hole. Only a restart, which rereads the files, is safe.
+   */
+  private fail(err: unknown): Error {
+    this.broken ??= err instanceof Error ? err : new Error(String(err));
+    return this.broken;
   }
 
   /**
@@ -169,6 +212,7 @@ export class SegmentLog {
    * kept); records of a partly forgotten segment stay readable.
    */
   truncatePrefix(upTo: number): void {
+    assert(!this.syncing, 'no truncation while a deferred append is being synced');
     let removed = false;
     while (this.segments.length > 1 && this.segments[1]! - 1 <= upTo) {
       const first = this.segments.shift()!;
@@ -180,6 +224,7 @@ export class SegmentLog {
   }
 
   close(): void {
+    assert(!this.syncing, 'a log is closed once its deferred append has settled');
     this.closed = true;
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;

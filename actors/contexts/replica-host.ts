@@ -11,7 +11,7 @@ import { RaftWal } from '../raft/wal-storage.js';
 import { LmdbStore, type ClusterMembership, type GroupData, type LmdbView } from './lmdb-store.js';
 import { monotonicClock, prepare, type TokenCounter } from './prepare.js';
 import { query, type QueryResult } from './queries.js';
-import { GroupReplicas, type GroupStatus } from './replicas.js';
+import { GroupReplicas, type GroupStatus, type RoundResult } from './replicas.js';
 import type { ReadRequest, WriteRequest } from './requests.js';
 import { DirectStateWriter } from './state-writer.js';
 import { WriteBuffer, type PendingWrite } from './tables.js';
@@ -72,6 +72,11 @@ export class ReplicaHost {
   private writer!: DirectStateWriter<Mark>;
   private readonly packr = new Packr({ useRecords: false });
   private roundScheduled = false;
+  /** The round in flight (its fdatasync off this thread), if any; `again`: another is due after it. */
+  private inflight: Promise<void> | undefined;
+  private again = false;
+  /** Groups whose durable stamp moved since their log was last compacted. */
+  private readonly compactable = new Set<number>();
   private seq = 0;
   private readonly unreleased: Array<{ seq: number; writes: PendingWrite[] }> = [];
   /** Stamps not yet handed to the state writer (a round's, plus installed snapshots'). */
@@ -298,14 +303,21 @@ export class ReplicaHost {
   async close(): Promise<void> {
     this.closed = true;
     while (!this.failed && this.preparing > 0) await new Promise((r) => setTimeout(r, 20));
-    // No more rounds: what still waits for one is answered now (503: it may or may not commit).
+    // The round being synced finishes first (its proposers are answered), then no more rounds:
+    // what still waits for one is answered now (503: it may or may not commit).
+    await this.inflight;
     this.replicas.fail(new Error('the node is shutting down'), true);
+    await this.wal.idle();
     await this.writer.close();
     this.wal.close();
     await this.store.close();
   }
 
   private scheduleRound(): void {
+    if (this.inflight !== undefined) {
+      this.again = true;
+      return;
+    }
     if (this.roundScheduled) return;
     this.roundScheduled = true;
     setImmediate(() => {
@@ -314,17 +326,33 @@ export class ReplicaHost {
     });
   }
 
+  /**
+   * One round at a time: its fdatasync runs off this thread, and what arrives meanwhile (steps,
+   * proposals, reads, ticks) makes the next round, which starts as soon as this one ends.
+   */
   private round(): void {
-    if (this.failed || this.closed) return;
-    let result;
+    if (this.failed || this.closed || this.inflight !== undefined) return;
     const started = performance.now();
-    try {
-      result = this.replicas.round();
-    } catch (err) {
-      this.fail(err);
-      return;
-    }
+    this.inflight = this.replicas
+      .roundDeferred()
+      .then(
+        (result) => this.finishRound(result, started),
+        (err: unknown) => this.fail(err),
+      )
+      .finally(() => {
+        this.inflight = undefined;
+        this.compactPending();
+        if (this.again || this.replicas.hasWork()) {
+          this.again = false;
+          this.scheduleRound();
+        }
+      })
+      .catch((err: unknown) => this.fail(err));
+  }
+
+  private finishRound(result: RoundResult, started: number): void {
     metrics.raftRoundSeconds.observe((performance.now() - started) / 1000);
+    if (this.failed) return;
     if (result.messages.length > 0) this.opts.send(result.messages);
     for (const [g, index] of result.applied) this.stamps.set(g, Math.max(this.stamps.get(g) ?? 0, index));
     if (this.stamps.size > 0) {
@@ -365,15 +393,25 @@ export class ReplicaHost {
     while (this.committed.length > 0 && this.committed[0]!.seq <= mark.seq) {
       for (const [g, index] of this.committed.shift()!.stamps) stamps.set(g, Math.max(stamps.get(g) ?? 0, index));
     }
-    const targets = new Map<number, number>();
     for (const [g, index] of stamps) {
       this.durable.set(g, Math.max(this.durable.get(g) ?? 0, index));
+      this.compactable.add(g);
+    }
+    // Between rounds only: the log is not compacted while a round's write is being synced.
+    if (this.inflight === undefined) this.compactPending();
+  }
+
+  private compactPending(): void {
+    if (this.failed || this.compactable.size === 0) return;
+    const targets = new Map<number, number>();
+    for (const g of this.compactable) {
       let target = this.durable.get(g)!;
       // A leader keeps, within a bound, what a lagging follower still needs from the log.
       const lowest = this.replicas.lowestMatch(g);
       if (lowest !== undefined && target - lowest <= this.opts.config.lagEntriesMax) target = Math.min(target, lowest);
       targets.set(g, target);
     }
+    this.compactable.clear();
     try {
       this.replicas.compactTo(targets);
     } catch (err) {

@@ -54,9 +54,14 @@ export interface ReplicasOptions {
   sendEarly?: (messages: Array<{ group: number; message: Message }>) => void;
 }
 
-/** Leading, and not since this Ready: its term and vote were made durable by an earlier round. */
-function sendsEarly(node: RawNode, rd: ReturnType<RawNode['ready']>): boolean {
-  return node.raft.role === StateRole.Leader && rd.softState === undefined;
+/**
+ * Leading, not since this Ready, and in the term an earlier round made durable (`durableTerm`,
+ * the term in storage before this Ready is written): a single voter can lose and win again in a
+ * newer term while a round's fsync is in flight, and must not send in that term before it is on
+ * disk.
+ */
+function sendsEarly(node: RawNode, rd: ReturnType<RawNode['ready']>, durableTerm: number): boolean {
+  return node.raft.role === StateRole.Leader && rd.softState === undefined && (rd.hardState === undefined || rd.hardState.term === durableTerm);
 }
 
 /** What a leader may send before its own log write is durable. */
@@ -109,11 +114,15 @@ interface ReadWaiter {
 /** Ready passes per round: a single voter needs two (persist, then apply what that committed). */
 const PassesMax = 8;
 
+/** A pass's Readies; `early`: whether its leader may send before the fsync (decided at ready()). */
+type Readies = Array<{ g: number; node: RawNode; rd: ReturnType<RawNode['ready']>; early: boolean }>;
+
 /**
  * The Raft groups of one thread, each a RawNode over the thread's RaftWal, applying committed
  * commands to the context state machine and answering their proposers. A round is the Ready
- * contract for all groups at once: persist every group's Ready with one `wal.persist()` (one
- * write and one fdatasync, on this thread), then hand out the messages, then apply the committed
+ * contract for all groups at once: persist every group's Ready with one write and one fdatasync
+ * (on this thread with round(), on libuv's pool with roundDeferred()), then hand out the
+ * messages, then apply the committed
  * entries in order, then advance. A proposal is answered when its entry is applied with the
  * term it was proposed in; if another term's entry takes its index, or its group's leader steps
  * down first, it is answered 503 `unavailable` (it may still be applied later, once: the 503
@@ -349,15 +358,15 @@ export class GroupReplicas {
   }
 
   /**
-   * Proposes what is queued, then runs the Ready contract for every group that has one. A throw
-   * (a bug, or storage refusing) fails the whole set: Readies handed out and not advanced would
-   * otherwise wedge their groups.
+   * Proposes what is queued, then runs the Ready contract for every group that has one, with
+   * the round's fdatasync on this thread. A throw (a bug, or storage refusing) fails the whole
+   * set: Readies handed out and not advanced would otherwise wedge their groups.
    */
   round(): RoundResult {
     const result: RoundResult = { messages: [], applied: new Map() };
     if (this.failed) return result;
     try {
-      this.runRound(result);
+      this.runRound(result, false);
     } catch (err) {
       this.fail(err);
       throw err;
@@ -365,13 +374,42 @@ export class GroupReplicas {
     return result;
   }
 
-  private runRound(result: RoundResult): void {
+  /**
+   * As round(), but a pass that must be made durable writes it, hands out what may leave before
+   * the fsync, and resolves after its fdatasync (on libuv's pool) and what follows it: the thread
+   * goes on stepping, ticking and queueing meanwhile, and that work makes the next round. The
+   * caller runs one at a time; `hasWork()` says whether another is due. Rejects (and fails the
+   * set) as round() throws.
+   */
+  async roundDeferred(): Promise<RoundResult> {
+    const result: RoundResult = { messages: [], applied: new Map() };
+    if (this.failed) return result;
+    try {
+      await this.runRound(result, true);
+    } catch (err) {
+      this.fail(err);
+      throw err;
+    }
+    return result;
+  }
+
+  /** Whether a round has something to do: queued work, or a group with a Ready. */
+  hasWork(): boolean {
+    if (this.failed) return false;
+    if (this.queued.size > 0 || this.queuedReads.size > 0) return true;
+    for (const g of this.active) if (this.nodes.get(g)!.hasReady()) return true;
+    return false;
+  }
+
+  private runRound(result: RoundResult, defer: boolean): Promise<void> | undefined {
     this.proposeQueued();
     for (let pass = 0; pass < PassesMax; pass++) {
-      const readies: Array<{ g: number; node: RawNode; rd: ReturnType<RawNode['ready']> }> = [];
+      const readies: Readies = [];
       for (const g of this.active) {
         const node = this.nodes.get(g)!;
-        if (node.hasReady()) readies.push({ g, node, rd: node.ready() });
+        if (!node.hasReady()) continue;
+        const rd = node.ready();
+        readies.push({ g, node, rd, early: sendsEarly(node, rd, this.opts.wal.group(g).hardState().term) });
       }
       this.active = new Set(readies.map((r) => r.g));
       if (readies.length === 0) break;
@@ -387,51 +425,89 @@ export class GroupReplicas {
         if (rd.hardState) storage.setHardState(rd.hardState);
         sync ||= rd.mustSync;
       }
-      const early = this.opts.sendEarly;
-      if (early !== undefined && sync) {
-        // Only a leader that was already leading in an earlier round (whose fsync made its term
-        // and vote durable) sends before this round's fsync; a leader elected now (a single
-        // voter wins inside tick()) waits for it.
-        const out: Array<{ group: number; message: Message }> = [];
-        for (const { g, node, rd } of readies) {
-          if (!sendsEarly(node, rd)) continue;
-          for (const message of rd.messages) if (EarlyKinds.has(message.kind)) out.push({ group: g, message });
+      if (sync && defer) {
+        // Written now, durable later: the early messages leave once the write is issued. Even if
+        // sending throws, the round settles only with its fdatasync.
+        const durable = this.opts.wal.persistDeferred();
+        let sendFailed: { err: unknown } | undefined;
+        try {
+          this.sendEarly(readies);
+        } catch (err) {
+          if (durable === undefined) throw err;
+          sendFailed = { err };
         }
-        if (out.length > 0) early(out);
-      }
-      if (sync && !this.persist()) return;
-      for (const { g, node, rd } of readies) {
-        const sent = early !== undefined && sync && sendsEarly(node, rd);
-        for (const message of rd.messages) if (!(sent && EarlyKinds.has(message.kind))) result.messages.push({ group: g, message });
-      }
-      for (const { g, node, rd } of readies) {
-        for (const rs of rd.readStates) {
-          const asked = this.readsAsked.get(rs.context);
-          if (asked === undefined) continue;
-          this.readsAsked.delete(rs.context);
-          let parked = this.readsParked.get(g);
-          if (parked === undefined) this.readsParked.set(g, (parked = []));
-          parked.push({ index: rs.index, waiters: asked.waiters });
+        if (durable !== undefined) {
+          return durable.then(() => {
+            if (sendFailed) throw sendFailed.err;
+            if (this.failed) return;
+            this.afterPersist(readies, true, result);
+            this.persistConfChanges();
+          });
         }
-        if (rd.snapshot !== undefined) {
-          // Everything this replica held of the group is replaced; a proposal waiting here is not
-          // going to be answered by its entry (this replica does not lead).
-          this.failWaiters(g, 'the group lost its leader; retry');
-          this.opts.install!(g, rd.snapshot);
-          result.applied.set(g, rd.snapshot.meta.index);
-        }
-        for (const e of rd.committedEntries) this.applyEntry(g, node, e);
-        if (rd.committedEntries.length > 0) result.applied.set(g, rd.committedEntries[rd.committedEntries.length - 1]!.index);
-        // A leader that stepped down will not commit what it was asked: say so now.
-        if (rd.softState !== undefined && rd.softState.role !== StateRole.Leader) this.failWaiters(g, 'the group lost its leader; retry');
-        node.advance();
-        this.releaseReads(g, node.raft.log.applied);
+      } else if (sync) {
+        this.sendEarly(readies);
+        if (!this.persist()) return undefined;
       }
+      this.afterPersist(readies, sync, result);
     }
-    if (this.confChanged) {
-      this.confChanged = false;
-      this.persist();
+    this.persistConfChanges();
+    return undefined;
+  }
+
+  /**
+   * Sends what a leader may send before its own fsync (Raft thesis §10.2.1): appends,
+   * heartbeats and snapshots, from a leader that was already leading in an earlier round (whose
+   * fsync made its term and vote durable; a leader elected now waits for this round's).
+   */
+  private sendEarly(readies: Readies): void {
+    const early = this.opts.sendEarly;
+    if (early === undefined) return;
+    const out: Array<{ group: number; message: Message }> = [];
+    for (const { g, rd, early: may } of readies) {
+      if (!may) continue;
+      for (const message of rd.messages) if (EarlyKinds.has(message.kind)) out.push({ group: g, message });
     }
+    if (out.length > 0) early(out);
+  }
+
+  /** The rest of the Ready contract once the pass is durable: messages, reads, snapshots, apply, advance. */
+  private afterPersist(readies: Readies, sync: boolean, result: RoundResult): void {
+    const early = this.opts.sendEarly;
+    for (const { g, rd, early: may } of readies) {
+      const sent = early !== undefined && sync && may;
+      for (const message of rd.messages) if (!(sent && EarlyKinds.has(message.kind))) result.messages.push({ group: g, message });
+    }
+    for (const { g, node, rd } of readies) {
+      for (const rs of rd.readStates) {
+        const asked = this.readsAsked.get(rs.context);
+        if (asked === undefined) continue;
+        this.readsAsked.delete(rs.context);
+        let parked = this.readsParked.get(g);
+        if (parked === undefined) this.readsParked.set(g, (parked = []));
+        parked.push({ index: rs.index, waiters: asked.waiters });
+      }
+      if (rd.snapshot !== undefined) {
+        // Everything this replica held of the group is replaced; a proposal waiting here is not
+        // going to be answered by its entry (this replica does not lead).
+        this.failWaiters(g, 'the group lost its leader; retry');
+        this.opts.install!(g, rd.snapshot);
+        result.applied.set(g, rd.snapshot.meta.index);
+      }
+      for (const e of rd.committedEntries) this.applyEntry(g, node, e);
+      if (rd.committedEntries.length > 0) result.applied.set(g, rd.committedEntries[rd.committedEntries.length - 1]!.index);
+      // A leader that stepped down will not commit what it was asked: say so now.
+      if (rd.softState !== undefined && rd.softState.role !== StateRole.Leader) this.failWaiters(g, 'the group lost its leader; retry');
+      node.advance();
+      this.releaseReads(g, node.raft.log.applied);
+    }
+  }
+
+  /** Membership entries applied this round are remembered durably before the round ends. */
+  private persistConfChanges(): void {
+    if (!this.confChanged) return;
+    this.confChanged = false;
+    // Throws on failure: the round's stamps must not let the store pass a membership the log lost.
+    if (!this.persist()) throw this.failed;
   }
 
   /** One write and one fdatasync for every group; a storage failure fails the set (no throw). */

@@ -17,10 +17,12 @@
  *
  *   for each group with a Ready: applySnapshot?, append(entries), setHardState?   (memory)
  *   wal.persist()        one SegmentLog append = one write + one fdatasync, on this thread
+ *     or persistDeferred()  the same write, its fdatasync on libuv's pool: durable once the
+ *                          promise resolves; nothing else persists, collects or closes until then
  *   then send every group's messages, apply, advance; compact() what the state store holds;
  *   wal.collect() now and then.
  *
- * Nothing is durable before persist() returns. If persist() throws, the WAL is broken for good:
+ * Nothing is durable before persist() returns (or persistDeferred()'s promise resolves). If persist() throws, the WAL is broken for good:
  * after a failed fdatasync the kernel may have dropped the dirty pages and a retry can report
  * success for data that is not on disk. Every later write, persist() and collect() throws; the
  * process must restart and recover from what the log holds. close() does not persist.
@@ -767,6 +769,8 @@ export class RaftWal {
   private readonly packr = new Packr({ useRecords: false });
   private readonly byGroup = new Map<number, WalGroupStorage>();
   private readonly dirty = new Set<WalGroupStorage>();
+  /** The deferred persist in flight, settling (never rejecting) with its fdatasync. */
+  private syncing: Promise<void> | undefined;
   private broken: RaftWalBrokenError | undefined;
   private closed = false;
   /** The first record of the newest checkpoint, or 0. */
@@ -818,6 +822,48 @@ export class RaftWal {
    * Returns the number of groups written; 0 means nothing to do and no I/O. A throw breaks the WAL.
    */
   persist(): number {
+    return this.writeDirty((payloads) => this.log.append(payloads));
+  }
+
+  /**
+   * As persist(), but the fdatasync runs off this thread: the round is written when this returns
+   * and durable once the promise resolves (undefined: nothing to write). A rejection breaks the
+   * WAL as a failed persist() does. Until it settles, nothing else may persist, collect or close.
+   */
+  persistDeferred(): Promise<void> | undefined {
+    let durable: Promise<void> | undefined;
+    const groups = this.writeDirty((payloads) => {
+      const r = this.log.appendDeferred(payloads);
+      durable = r.durable.catch((err: unknown) => {
+        throw this.breakBy(err);
+      });
+      // Kept (never rejecting) even if what follows the write throws, so close() can wait for it.
+      const settled = durable.then(
+        () => {},
+        () => {},
+      );
+      this.syncing = settled;
+      void settled.then(() => {
+        if (this.syncing === settled) this.syncing = undefined;
+      });
+      return r.first;
+    });
+    if (groups === 0) return undefined;
+    return durable!;
+  }
+
+  /** Resolves once no deferred persist is in flight (however it ended): then close() may run. */
+  idle(): Promise<void> {
+    return this.syncing ?? Promise.resolve();
+  }
+
+  private breakBy(err: unknown): RaftWalBrokenError {
+    this.broken ??= new RaftWalBrokenError(`raft WAL: persist failed (${String(err)}); what it wrote may or may not be on disk, and after a failed fdatasync a retry cannot be trusted: the WAL refuses further writes, restart to recover from the log`, err);
+    return this.broken;
+  }
+
+  /** Encodes every group's changes since the last persist and hands them to `append`. */
+  private writeDirty(append: (payloads: Uint8Array[]) => number): number {
     this.checkUsable();
     if (this.dirty.size === 0) return 0;
     const dirty = [...this.dirty];
@@ -855,10 +901,9 @@ export class RaftWal {
     for (const p of payloads) assert(p.byteLength <= RecordBytesMax, `a raft WAL record stays within ${RecordBytesMax} bytes (got ${p.byteLength})`);
     let first: number;
     try {
-      first = this.log.append(payloads);
+      first = append(payloads);
     } catch (err) {
-      this.broken = new RaftWalBrokenError(`raft WAL: persist failed (${String(err)}); what it wrote may or may not be on disk, and after a failed fdatasync a retry cannot be trusted: the WAL refuses further writes, restart to recover from the log`, err);
-      throw this.broken;
+      throw this.breakBy(err);
     }
     let w = first;
     let bytes = 0;

@@ -1,7 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ConfigError } from '../../runtime/config.js';
-import { loadConfig } from '../../runtime/config.js';
+import { ClusterStateCommitMs, ConfigError, loadConfig } from '../../runtime/config.js';
 import { parsePeers, raftIdOf, replicasOf } from '../../runtime/placement.js';
 
 const nodes = (n: number) => Array.from({ length: n }, (_, i) => `fastpaca-${i}`);
@@ -94,6 +93,12 @@ describe('cluster configuration', () => {
     const c = loadConfig({ FASTPACA_NODE_ID: 'b', FASTPACA_PEERS: 'a=h:4200,b=h:4201' });
     expect(c.peers?.map((p) => p.id)).toEqual(['a', 'b']);
     expect(c.clusterPort).toBe(4201);
+  });
+
+  it('a cluster node commits its state store less often unless told (it acknowledges from its Raft log)', () => {
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a' }).stateCommitMs).toBe(0);
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_PEERS: 'a=h:4200,b=h:4201' }).stateCommitMs).toBe(ClusterStateCommitMs);
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_PEERS: 'a=h:4200,b=h:4201', FASTPACA_STATE_COMMIT_MS: '0' }).stateCommitMs).toBe(0);
   });
 
   it('Raft ids are positive, stable and distinct over 5,000 node names', () => {

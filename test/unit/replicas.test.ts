@@ -271,6 +271,87 @@ describe('GroupReplicas on three nodes (in-process network, real logs)', () => {
     for (const n of nodes.values()) n.wal.close();
   });
 
+  it('deferred rounds: stepped, ticked and proposed to while their fsync is in flight, every replica still applies what applying directly gives', async () => {
+    // Each node runs roundDeferred() one at a time, as ReplicaHost does; messages (a leader's
+    // early ones as soon as its write is issued) are delivered while the other nodes' rounds wait
+    // for their fdatasync, and proposals arrive at any time.
+    const dir = tempDir();
+    dirs.push(dir);
+    type Inbox = Array<{ to: number; group: number; message: Parameters<GroupReplicas['step']>[1] }>;
+    const inbox: Inbox = [];
+    const nodes = new Map<number, Replica & { inflight: boolean }>();
+    for (const id of ids) {
+      const wal = RaftWal.open(`${dir}/n${id}`);
+      const view = new MemoryView(Groups);
+      const r = replicas(wal, view, new Map(), {
+        raftId: id,
+        founders: () => ids,
+        random: (g) => new Xoshiro128(7_000 + id * 100 + g),
+        electionTicks: 10,
+        heartbeatTicks: 2,
+        sendEarly: (out) => {
+          for (const { group, message } of out) inbox.push({ to: message.to, group, message });
+        },
+      });
+      nodes.set(id, { wal, view, r, inflight: false });
+    }
+    let ticks = 0;
+    const turn = async (): Promise<void> => {
+      for (const n of nodes.values()) {
+        if (n.inflight || !n.r.hasWork()) continue;
+        n.inflight = true;
+        void n.r.roundDeferred().then((res) => {
+          n.inflight = false;
+          for (const { group, message } of res.messages) inbox.push({ to: message.to, group, message });
+        });
+      }
+      for (const m of inbox.splice(0)) nodes.get(m.to)!.r.step(m.group, m.message);
+      // Time passes with the rounds (an fdatasync takes far longer than a turn): a tick only
+      // once no round is in flight, else followers would time out between two heartbeats.
+      if (![...nodes.values()].some((n) => n.inflight) && ++ticks % 2 === 0) for (const n of nodes.values()) n.r.tick();
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    for (let k = 0; k < 200; k++) await turn();
+    const names = Array.from({ length: 8 }, (_, i) => `d${i}`);
+    const oracle = new MemoryView(Groups);
+    const cmds: Command[] = [...names.map(put), ...Array.from({ length: 48 }, (_, k) => append(names[k % names.length]!, k))];
+    for (let i = 0; i < cmds.length; i += 4) {
+      // Four at a time (distinct contexts), each at its group's leader. Leaders are stable here,
+      // so none is retried: a retry without an idempotency key could apply a command twice.
+      const batch = cmds.slice(i, i + 4);
+      const answers = batch.map(async (c) => {
+        const g = groupOf(c.id, Groups);
+        let leader = [...nodes.values()].find((n) => n.r.leads(g));
+        const until = Date.now() + 5_000;
+        while (leader === undefined && Date.now() < until) {
+          await turn();
+          leader = [...nodes.values()].find((n) => n.r.leads(g));
+        }
+        if (leader === undefined) throw new Error(`group ${g} has no leader`);
+        let done: { v: unknown } | undefined;
+        void leader.r.propose(g, c).then((v) => (done = { v }));
+        while (done === undefined && Date.now() < until) await turn();
+        if (done === undefined) throw new Error(`${c.t} ${c.id} was not answered`);
+        return done.v;
+      });
+      const got = await Promise.all(answers);
+      for (let j = 0; j < batch.length; j++) expect(got[j]).toEqual(apply(oracle, batch[j]!, machine));
+    }
+    // Followers learn the last commit index with the next heartbeats.
+    const caughtUp = (): boolean => {
+      for (let g = 0; g < Groups; g++) {
+        const st = [...nodes.values()].map((n) => n.r.status(g)!);
+        const commit = Math.max(...st.map((x) => x.commit));
+        if (st.some((x) => x.applied < commit)) return false;
+      }
+      return ![...nodes.values()].some((n) => n.inflight);
+    };
+    const until = Date.now() + 5_000;
+    while (!caughtUp() && Date.now() < until) await turn();
+    for (const n of nodes.values()) for (const id of names) expect(n.view.getContext(id)).toEqual(oracle.getContext(id));
+    for (const n of nodes.values()) n.wal.close();
+  });
+
   it('ReadIndex: a leader serves a read once a quorum confirms it still leads; a cut-off leader never does', async () => {
     const { nodes, down } = cluster(4);
     await write(nodes, down, put('read-me'));

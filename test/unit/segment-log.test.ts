@@ -120,6 +120,25 @@ describe('SegmentLog', () => {
     reopened.close();
   });
 
+  it('a deferred append is written at once and durable when its promise resolves; one is in flight at a time', async () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir, { segmentBytesMax: 4096 });
+    for (let i = 1; i <= 60; i += 3) {
+      const { first, durable } = log.appendDeferred([bytes(i), bytes(i + 1), bytes(i + 2)]);
+      expect(first).toBe(i);
+      // Until it settles, nothing else appends or closes.
+      expect(() => log.append([bytes(0)])).toThrow(/one deferred append at a time/);
+      expect(() => log.close()).toThrow(/settled/);
+      await durable;
+    }
+    expect(log.append([bytes(61)])).toBe(61);
+    log.close();
+    const again = SegmentLog.open(dir, { segmentBytesMax: 4096 });
+    expect(indexes(again.read(1, 100))).toEqual(Array.from({ length: 61 }, (_, i) => i + 1));
+    again.read(1, 100).forEach((r) => expect(r.payload).toEqual(bytes(r.index)));
+    again.close();
+  });
+
   it('reads stop at upTo, and following in pages reuses the position', () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir, { segmentBytesMax: 2048 });
