@@ -78,6 +78,12 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
+    // A mistyped option (any subcommand's parseArgs) is a usage error, not a crash.
+    const code = (err as { code?: unknown } | undefined)?.code;
+    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_')) {
+      process.stderr.write(`fastpaca: ${(err as Error).message.split('. ')[0]}\n${usage}`);
+      process.exit(2);
+    }
     process.stderr.write(`${JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg: 'fatal', err: String((err as Error)?.stack ?? err) })}\n`);
     process.exit(1);
   },

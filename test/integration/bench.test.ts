@@ -29,4 +29,14 @@ describe('fastpaca bench', () => {
     expect(run.status).toBe(2);
     expect(run.stderr).toContain('append');
   });
+
+  it('an unknown option, for any command, is a usage error (exit 2), not a crash', () => {
+    for (const args of [['bench', 'append', '--help'], ['cluster', '--nodez', '3']]) {
+      const run = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 30_000 });
+      expect(run.status, run.stderr).toBe(2);
+      expect(run.stderr).toMatch(/Unknown option '--(help|nodez)'/);
+      expect(run.stderr).toContain('usage: fastpaca');
+      expect(run.stderr).not.toContain('fatal');
+    }
+  });
 });
