@@ -11,27 +11,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Xoshiro128 } from '../../actors/raft/random.js';
 import { TestCluster, assertReplicasIdentical } from '../support/cluster.js';
 import { FaultProxy, type ProxyMode } from '../support/fault-proxy.js';
+import { checkHistory, type Attempt, type ReadObservation } from '../support/history.js';
 
 const FaultSeconds = Number(process.env.FASTPACA_FAULT_SECONDS ?? 60);
 const Seed = Number(process.env.FASTPACA_FAULT_SEED ?? Date.now() % 1_000_000);
 const Clients = 6;
 const IdsPerClient = 3;
 const RequestTimeoutMs = 4_000;
-
-interface Attempt {
-  id: string;
-  text: string;
-  /** The client's wall-clock bounds of the whole operation, retries included. */
-  start: number;
-  end: number;
-  /** The seq the cluster acknowledged, or undefined when no attempt was acknowledged. */
-  seq: number | undefined;
-}
-
-interface ReadObservation {
-  id: string;
-  messages: Array<{ seq: number; text: string }>;
-}
 
 const proxies: FaultProxy[] = [];
 let cluster: TestCluster | undefined;
@@ -186,49 +172,18 @@ describe('a three-node cluster under network faults and kill -9', () => {
       }
     }
 
-    // ---- the checker ----
-    const acknowledged = attempts.filter((a) => a.seq !== undefined);
-    let lost = 0;
-    let duplicated = 0;
-    let misplaced = 0;
-    const bySeq = new Map<string, Map<string, number>>();
-    for (const [id, log] of finalLogs) {
-      // Seqs contiguous from 1.
-      expect(log.map((m) => m.seq), `${id}: seqs are contiguous from 1`).toEqual(log.map((_, i) => i + 1));
-      const texts = new Map<string, number>();
-      for (const m of log) {
-        if (texts.has(m.text)) duplicated++;
-        texts.set(m.text, m.seq);
-      }
-      bySeq.set(id, texts);
-    }
-    for (const a of acknowledged) {
-      const seq = bySeq.get(a.id)!.get(a.text);
-      if (seq === undefined) lost++;
-      else if (seq !== a.seq) misplaced++;
-    }
-    // Acknowledgement order: an append acknowledged before another began has the smaller seq.
-    let reordered = 0;
-    for (const id of ids) {
-      const mine = acknowledged.filter((a) => a.id === id).sort((x, y) => x.end - y.end);
-      for (let i = 0; i < mine.length; i++) for (let j = 0; j < mine.length; j++) if (mine[i]!.end < mine[j]!.start && mine[i]!.seq! >= mine[j]!.seq!) reordered++;
-    }
-    // No read returned a message that was later lost (or that sat at another seq).
-    let phantom = 0;
-    for (const r of reads) for (const m of r.messages) if (bySeq.get(r.id)?.get(m.text) !== m.seq) phantom++;
-    // Unacknowledged appends may or may not be in the log, each at most once.
-    const indeterminate = attempts.length - acknowledged.length;
-    const present = [...bySeq.values()].reduce((s, m) => s + m.size, 0);
+    // ---- the checker (test/support/history.ts; test/unit/history.test.ts shows it catches each bug) ----
+    const v = checkHistory(attempts, reads, finalLogs);
 
     await c.close();
     const compared = await assertReplicasIdentical(c);
     console.log(
       `fault test: ${FaultSeconds} s, ${faults.length} faults (${faults.filter((f) => f.startsWith('kill')).length} kill -9), seed ${Seed}\n` +
-        `  acknowledged ${acknowledged.length}, lost ${lost}, duplicated ${duplicated}, at another seq ${misplaced}, out of order ${reordered}, ` +
-        `reads ${reads.length} (phantom messages ${phantom}), unacknowledged ${indeterminate}, messages in the logs ${present}, groups compared across replicas ${compared}`,
+        `  acknowledged ${v.acknowledged}, lost ${v.lost}, duplicated ${v.duplicated}, at another seq ${v.misplaced}, out of order ${v.reordered}, seq gaps ${v.gaps}, ` +
+        `reads ${reads.length} (phantom messages ${v.phantom}), unacknowledged ${v.indeterminate}, messages in the logs ${v.present}, groups compared across replicas ${compared}`,
     );
     expect(faults.length).toBeGreaterThan(5);
-    expect(acknowledged.length).toBeGreaterThan(100);
-    expect({ lost, duplicated, misplaced, reordered, phantom }).toEqual({ lost: 0, duplicated: 0, misplaced: 0, reordered: 0, phantom: 0 });
+    expect(v.acknowledged).toBeGreaterThan(100);
+    expect({ lost: v.lost, duplicated: v.duplicated, misplaced: v.misplaced, reordered: v.reordered, phantom: v.phantom, gaps: v.gaps }).toEqual({ lost: 0, duplicated: 0, misplaced: 0, reordered: 0, phantom: 0, gaps: 0 });
   }, (FaultSeconds + 150) * 1000);
 });
