@@ -40,8 +40,8 @@ export class SegmentLog {
   /** Set by a failed write or fdatasync: what reached the disk is unknown, so nothing more is written. */
   private broken: Error | undefined;
   private closed = false;
-  /** A deferred append's fdatasync is in flight. */
-  private syncing = false;
+  /** While a deferred append's fdatasync is in flight: settles (never rejects) when it returns. */
+  private syncing: Promise<void> | undefined;
 
   private constructor(
     private readonly dir: string,
@@ -95,7 +95,7 @@ export class SegmentLog {
    */
   skipTo(index: number): void {
     if (index <= this.next) return;
-    assert(!this.syncing, 'no skip while a deferred append is being synced');
+    assert(this.syncing === undefined, 'no skip while a deferred append is being synced');
     assert(this.firstIndex === undefined, 'only an empty log skips ahead');
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
@@ -129,10 +129,12 @@ export class SegmentLog {
   appendDeferred(payloads: readonly Uint8Array[]): { first: number; durable: Promise<void> } {
     const first = this.write(payloads);
     const fd = this.fd!;
-    this.syncing = true;
+    let settle!: () => void;
+    this.syncing = new Promise<void>((resolve) => (settle = resolve));
     const durable = new Promise<void>((resolve, reject) => {
       fs.fdatasync(fd, (err) => {
-        this.syncing = false;
+        this.syncing = undefined;
+        settle();
         if (err) reject(this.fail(err));
         else resolve();
       });
@@ -140,10 +142,15 @@ export class SegmentLog {
     return { first, durable };
   }
 
+  /** Resolves once no deferred append is being synced (however it ended): then close() may run. */
+  idle(): Promise<void> {
+    return this.syncing ?? Promise.resolve();
+  }
+
   /** Writes the records (not yet durable) and returns the first index. */
   private write(payloads: readonly Uint8Array[]): number {
     assert(!this.closed, 'a closed log is not appended to');
-    assert(!this.syncing, 'one deferred append at a time: the previous one is still being synced');
+    assert(this.syncing === undefined, 'one deferred append at a time: the previous one is still being synced');
     if (this.broken) throw this.broken;
     assert(payloads.length > 0, 'an append carries records');
     try {
@@ -212,7 +219,7 @@ export class SegmentLog {
    * kept); records of a partly forgotten segment stay readable.
    */
   truncatePrefix(upTo: number): void {
-    assert(!this.syncing, 'no truncation while a deferred append is being synced');
+    assert(this.syncing === undefined, 'no truncation while a deferred append is being synced');
     let removed = false;
     while (this.segments.length > 1 && this.segments[1]! - 1 <= upTo) {
       const first = this.segments.shift()!;
@@ -224,7 +231,7 @@ export class SegmentLog {
   }
 
   close(): void {
-    assert(!this.syncing, 'a log is closed once its deferred append has settled');
+    assert(this.syncing === undefined, 'a log is closed once its deferred append has settled');
     this.closed = true;
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;

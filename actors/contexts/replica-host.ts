@@ -72,9 +72,8 @@ export class ReplicaHost {
   private writer!: DirectStateWriter<Mark>;
   private readonly packr = new Packr({ useRecords: false });
   private roundScheduled = false;
-  /** The round in flight (its fdatasync off this thread), if any; `again`: another is due after it. */
+  /** The round in flight (its fdatasync off this thread), if any. */
   private inflight: Promise<void> | undefined;
-  private again = false;
   /** Groups whose durable stamp moved since their log was last compacted. */
   private readonly compactable = new Set<number>();
   private seq = 0;
@@ -314,11 +313,8 @@ export class ReplicaHost {
   }
 
   private scheduleRound(): void {
-    if (this.inflight !== undefined) {
-      this.again = true;
-      return;
-    }
-    if (this.roundScheduled) return;
+    // A round in flight is followed by the next one if anything is left for it (hasWork).
+    if (this.inflight !== undefined || this.roundScheduled) return;
     this.roundScheduled = true;
     setImmediate(() => {
       this.roundScheduled = false;
@@ -342,10 +338,7 @@ export class ReplicaHost {
       .finally(() => {
         this.inflight = undefined;
         this.compactPending();
-        if (this.again || this.replicas.hasWork()) {
-          this.again = false;
-          this.scheduleRound();
-        }
+        if (this.replicas.hasWork()) this.scheduleRound();
       })
       .catch((err: unknown) => this.fail(err));
   }

@@ -769,8 +769,6 @@ export class RaftWal {
   private readonly packr = new Packr({ useRecords: false });
   private readonly byGroup = new Map<number, WalGroupStorage>();
   private readonly dirty = new Set<WalGroupStorage>();
-  /** The deferred persist in flight, settling (never rejecting) with its fdatasync. */
-  private syncing: Promise<void> | undefined;
   private broken: RaftWalBrokenError | undefined;
   private closed = false;
   /** The first record of the newest checkpoint, or 0. */
@@ -837,15 +835,6 @@ export class RaftWal {
       durable = r.durable.catch((err: unknown) => {
         throw this.breakBy(err);
       });
-      // Kept (never rejecting) even if what follows the write throws, so close() can wait for it.
-      const settled = durable.then(
-        () => {},
-        () => {},
-      );
-      this.syncing = settled;
-      void settled.then(() => {
-        if (this.syncing === settled) this.syncing = undefined;
-      });
       return r.first;
     });
     if (groups === 0) return undefined;
@@ -854,7 +843,7 @@ export class RaftWal {
 
   /** Resolves once no deferred persist is in flight (however it ended): then close() may run. */
   idle(): Promise<void> {
-    return this.syncing ?? Promise.resolve();
+    return this.log.idle();
   }
 
   private breakBy(err: unknown): RaftWalBrokenError {
