@@ -52,6 +52,8 @@ export interface Config {
   clusterPort: number;
   /** Nodes of another cluster are refused at the handshake. */
   clusterId: string;
+  /** FASTPACA_CLUSTER_SECRET: peers prove they know it at the handshake; undefined: peers are not authenticated. */
+  clusterSecret: string | undefined;
   /** Replicas per group, capped by the node count. */
   replicas: number;
   /** One Raft tick. */
@@ -153,7 +155,7 @@ function statefulSetPeers(env: Env, nodeId: string): string {
   return Array.from({ length: n }, (_, i) => `${m[1]}-${i}=${m[1]}-${i}.${domain}:${port}`).join(',');
 }
 
-function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'replicas' | 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'lagEntriesMax'> {
+function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort' | 'clusterId' | 'clusterSecret' | 'replicas' | 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'lagEntriesMax'> {
   const raw = env.FASTPACA_PEERS || statefulSetPeers(env, nodeId);
   const peers = raw.trim() === '' ? undefined : parsePeers(raw, nodeId);
   const own = peers?.find((p) => p.id === nodeId)?.port;
@@ -162,10 +164,20 @@ function cluster(env: Env, nodeId: string): Pick<Config, 'peers' | 'clusterPort'
     peers: peers !== undefined && peers.length > 1 ? peers : undefined,
     clusterPort: int(env, 'FASTPACA_CLUSTER_PORT', own ?? 4100, 1, 65535),
     clusterId: env.FASTPACA_CLUSTER_ID || 'fastpaca',
+    clusterSecret: clusterSecret(env.FASTPACA_CLUSTER_SECRET),
     replicas: int(env, 'FASTPACA_REPLICAS', 3, 1, 7),
     tickMs: int(env, 'FASTPACA_TICK_MS', 100, 10, 10_000),
     electionTicks: int(env, 'FASTPACA_ELECTION_TICKS', 10, 3, 1_000),
     heartbeatTicks: int(env, 'FASTPACA_HEARTBEAT_TICKS', 2, 1, 100),
     lagEntriesMax: int(env, 'FASTPACA_RAFT_LAG_ENTRIES', 20_000, 0, 10_000_000),
   };
+}
+
+/** Shortest FASTPACA_CLUSTER_SECRET taken: a short one could be guessed from one recorded handshake. */
+export const ClusterSecretCharsMin = 16;
+
+function clusterSecret(raw: string | undefined): string | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  if (raw.length < ClusterSecretCharsMin) throw new ConfigError(`FASTPACA_CLUSTER_SECRET must be at least ${ClusterSecretCharsMin} characters (e.g. openssl rand -hex 32)`);
+  return raw;
 }

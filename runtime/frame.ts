@@ -68,8 +68,10 @@ export class FrameDecoder {
 
   constructor(
     private readonly frameBytesMax: number,
-    /** The limit of the first frame (a hello: an unknown peer gets no big buffer). */
-    private readonly firstFrameBytesMax = frameBytesMax,
+    /** The limit of the handshake's frames (an unknown peer gets no big buffer). */
+    private readonly handshakeBytesMax = frameBytesMax,
+    /** How many frames the handshake is. */
+    private readonly handshakeFrames = 1,
   ) {}
 
   /** Bytes received but not yet part of a whole frame. */
@@ -85,7 +87,7 @@ export class FrameDecoder {
       if (this.bufferedBytes < FrameHeaderBytes) return out;
       const head = this.peek(FrameHeaderBytes);
       const length = head.readUInt32LE(0);
-      const limit = this.decoded === 0 ? this.firstFrameBytesMax : this.frameBytesMax;
+      const limit = this.decoded < this.handshakeFrames ? this.handshakeBytesMax : this.frameBytesMax;
       if (length > limit) throw new FrameError(`a frame of ${length} bytes is over the limit of ${limit}`);
       if (this.bufferedBytes < FrameHeaderBytes + length) return out;
       const frame = this.take(FrameHeaderBytes + length);

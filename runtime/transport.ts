@@ -1,10 +1,16 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import { assert } from './errors.js';
 import { BatchOverheadBytes, FrameDecoder, FrameError, encodeBatchFrame, encodeFrame, packMessage } from './frame.js';
 import type { Logger } from './log.js';
 
-/** Bumped when what nodes say to each other changes incompatibly. */
-export const ProtocolVersion = 1;
+/** Bumped when what nodes say to each other changes incompatibly (2: nonces, proofs, incarnations). */
+export const ProtocolVersion = 2;
+
+/** Bytes of each side's handshake nonce. */
+const NonceBytes = 16;
+/** A refusal's reason is cut to this many characters (it comes from a peer not yet trusted). */
+const ReasonCharsMax = 300;
 
 export interface PeerAddress {
   host: string;
@@ -26,6 +32,28 @@ export interface TransportOptions {
   log: Logger;
   limits?: Partial<TransportLimits>;
   counters?: TransportCounters;
+  /**
+   * The cluster's shared secret (FASTPACA_CLUSTER_SECRET): each side of a connection proves it
+   * knows it with an HMAC over both sides' fresh nonces before anything else is taken. Every
+   * node of a cluster has the same one, or none.
+   */
+  secret?: Buffer | undefined;
+  /** Said in this node's hello: which copy of its data directory is talking (see `admit`). */
+  incarnation?: string;
+  /**
+   * Decides on a peer whose hello checked out (and, with a secret, proved it): undefined admits
+   * it; a sentence refuses it, and is sent to it before the connection closes. Messages from
+   * the peer wait until it is decided.
+   */
+  admit?: (peer: string, hello: PeerHello) => Promise<string | undefined> | string | undefined;
+  /** A peer refused this node, saying why (its word: the peer may not have proved itself). */
+  onRefused?: (peer: string, reason: string) => void;
+}
+
+/** What a peer says of itself at the handshake. */
+export interface PeerHello {
+  node: string;
+  incarnation: string | undefined;
 }
 
 export interface TransportLimits {
@@ -40,7 +68,7 @@ export interface TransportLimits {
   reconnectDelayMaxMs: number;
   /** A connection that has not said hello by then is closed. */
   handshakeTimeoutMs: number;
-  /** Frames before the hello are at most this large (an unknown peer gets no big buffer). */
+  /** Handshake frames (hello, proof) are at most this large (an unknown peer gets no big buffer). */
   helloBytesMax: number;
   /** Connections still in their handshake at once; more are closed at once. */
   handshakingMax: number;
@@ -78,6 +106,24 @@ interface Hello {
   cluster: string;
   node: string;
   version: number;
+  nonce: Uint8Array;
+  /** Whether this node proves a cluster secret (and expects the peer to). */
+  auth: boolean;
+  incarnation?: string;
+  /** The accepting side's proof, answering the dialer's nonce. */
+  proof?: Uint8Array;
+}
+
+/** The dialing side's proof, after the accepting side's hello. */
+interface Auth {
+  t: 'auth';
+  proof: Uint8Array;
+}
+
+/** Sent instead of going on with a handshake: why this node will not talk to the peer. */
+interface Refused {
+  t: 'refused';
+  reason: string;
 }
 
 class Peer {
@@ -259,8 +305,9 @@ export class Transport {
     const socket = net.connect({ host: peer.address.host, port: peer.address.port });
     peer.dialing = socket;
     socket.setNoDelay(true);
-    socket.once('connect', () => socket.write(encodeFrame(this.hello())));
-    this.handshake(socket, (hello) => (hello.node !== peer.id ? `dialed ${peer.id} but ${hello.node} answered` : undefined));
+    const nonce = randomBytes(NonceBytes);
+    socket.once('connect', () => socket.write(encodeFrame(this.hello(nonce))));
+    this.handshake(socket, nonce, peer);
     socket.once('close', () => {
       if (peer.dialing === socket) peer.dialing = undefined;
       if (peer.socket === socket || peer.socket === undefined) this.scheduleRedial(peer);
@@ -285,60 +332,144 @@ export class Transport {
     socket.setNoDelay(true);
     this.handshaking.add(socket);
     socket.once('close', () => this.handshaking.delete(socket));
-    this.handshake(socket, (hello) => {
-      const peer = this.peers.get(hello.node);
-      if (peer === undefined) return `${hello.node} is not a peer of this node`;
-      if (this.dials(peer)) return `${hello.node} dialed, but this node dials it`;
-      socket.write(encodeFrame(this.hello()));
-      return undefined;
-    });
+    this.handshake(socket, randomBytes(NonceBytes), undefined);
   }
 
   /**
-   * Reads the peer's hello, then its frames of messages. `check` says why a hello is refused
-   * (undefined accepts it). Any violation closes the socket and is counted; none throws.
+   * The handshake, then the peer's frames of messages. The dialing side sends its hello; the
+   * accepting side answers with its own (and, with a secret, its proof over both nonces); the
+   * dialing side checks it and sends its proof. Each side admits the other (`admit`) before it
+   * answers; frames wait meanwhile. Any violation closes the socket and is counted; none throws.
    */
-  private handshake(socket: net.Socket, check: (hello: Hello) => string | undefined): void {
-    const decoder = new FrameDecoder(this.limits.frameBytesMax, this.limits.helloBytesMax);
+  private handshake(socket: net.Socket, nonce: Buffer, dialed: Peer | undefined): void {
+    const secret = this.opts.secret;
+    // Frames before the connection is open are small: an unproven peer gets no big buffer.
+    const decoder = new FrameDecoder(this.limits.frameBytesMax, this.limits.helloBytesMax, dialed === undefined && secret ? 2 : 1);
+    let stage: 'hello' | 'admitting' | 'auth' | 'open' | 'closed' = 'hello';
+    let claimed: Peer | undefined = dialed;
+    let theirNonce: Uint8Array | undefined;
     let peer: Peer | undefined;
-    const timer = setTimeout(() => reject('no hello in time'), this.limits.handshakeTimeoutMs);
+    const backlog: unknown[] = [];
+    const timer = setTimeout(() => reject('no handshake in time'), this.limits.handshakeTimeoutMs);
     socket.once('close', () => clearTimeout(timer));
     const reject = (why: string) => {
       clearTimeout(timer);
-      if (socket.destroyed) return;
+      if (stage === 'closed' || socket.destroyed) return;
+      stage = 'closed';
       this.opts.counters?.rejected();
-      this.opts.log.warn('closing a cluster connection', { reason: why, remote: `${socket.remoteAddress}:${socket.remotePort}`, peer: peer?.id });
+      this.opts.log.warn('closing a cluster connection', { reason: why, remote: `${socket.remoteAddress}:${socket.remotePort}`, peer: (peer ?? claimed)?.id });
       socket.destroy();
     };
-    socket.on('error', (err) => this.opts.log.debug('cluster connection error', { err: err.message, peer: peer?.id }));
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        for (const value of decoder.push(chunk)) {
-          if (socket.destroyed || this.closed) return;
-          if (peer === undefined) {
-            const why = helloProblem(value, this.opts.clusterId) ?? check(value as Hello);
-            if (why !== undefined) return reject(why);
-            clearTimeout(timer);
-            this.handshaking.delete(socket);
-            peer = this.peers.get((value as Hello).node)!;
-            this.established(peer, socket);
-            continue;
-          }
-          if (!Array.isArray(value)) return reject('a frame after the hello is not a list of messages');
-          peer.lastReceivedAt = performance.now();
-          this.opts.counters?.framesReceived(1);
-          for (const message of value) {
-            try {
-              this.opts.onMessage(peer.id, message);
-            } catch (err) {
-              // The receiver validates what it gets; an exception here is its bug, not the peer's.
-              this.opts.log.error('handling a message from a peer failed', { peer: peer.id, err });
-            }
-          }
-        }
-      } catch (err) {
-        reject(err instanceof FrameError ? err.message : `unreadable input: ${String((err as Error)?.message ?? 'unknown')}`);
+    /** Tells the peer why before closing: a node refused at the handshake can say so in its log. */
+    const refuse = (why: string) => {
+      if (stage === 'closed' || socket.destroyed) return;
+      socket.write(encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
+      reject(why);
+    };
+    const admit = (hello: Hello, then: () => void) => {
+      stage = 'admitting';
+      socket.pause();
+      Promise.resolve()
+        .then(() => this.opts.admit?.(hello.node, { node: hello.node, incarnation: hello.incarnation }))
+        .then(
+          (refusal) => {
+            if (stage === 'closed' || socket.destroyed || this.closed) return;
+            if (refusal !== undefined) return refuse(refusal);
+            then();
+            socket.resume();
+            pump();
+          },
+          (err: unknown) => reject(`could not admit the peer: ${String((err as Error)?.message ?? err)}`),
+        );
+    };
+    const open = (p: Peer) => {
+      clearTimeout(timer);
+      this.handshaking.delete(socket);
+      stage = 'open';
+      peer = p;
+      this.established(p, socket);
+    };
+    const onHello = (value: unknown) => {
+      if (dialed !== undefined && isRefused(value)) {
+        const reason = value.reason.slice(0, ReasonCharsMax);
+        this.opts.log.error('a peer refused this node', { peer: dialed.id, reason });
+        this.opts.onRefused?.(dialed.id, reason);
+        return reject(`refused by ${dialed.id}: ${reason}`);
       }
+      const problem = helloProblem(value, this.opts.clusterId);
+      if (problem !== undefined) return reject(problem);
+      const hello = value as Hello;
+      if (dialed !== undefined) {
+        if (hello.node !== dialed.id) return reject(`dialed ${dialed.id} but ${hello.node} answered`);
+      } else {
+        claimed = this.peers.get(hello.node);
+        if (claimed === undefined) return reject(`${hello.node} is not a peer of this node`);
+        if (this.dials(claimed)) return reject(`${hello.node} dialed, but this node dials it`);
+      }
+      if (hello.auth !== (secret !== undefined)) {
+        return refuse(secret ? `${hello.node} has no cluster secret, and ${this.opts.nodeId} requires one: set the same FASTPACA_CLUSTER_SECRET on every node` : `${hello.node} requires a cluster secret, and ${this.opts.nodeId} has none: set the same FASTPACA_CLUSTER_SECRET on every node`);
+      }
+      theirNonce = Buffer.from(hello.nonce); // a copy: the decoded value may be a view of the read buffer
+      const peerNode = claimed!;
+      if (dialed !== undefined) {
+        // The accepting side proves itself first, answering this side's nonce.
+        if (secret && !proofHolds(hello.proof, proof(secret, 'accept', this.opts.clusterId, peerNode.id, this.opts.nodeId, nonce, theirNonce))) {
+          return reject(`${peerNode.id} did not prove the cluster secret: FASTPACA_CLUSTER_SECRET differs between the nodes`);
+        }
+        return admit(hello, () => {
+          if (secret) socket.write(encodeFrame({ t: 'auth', proof: proof(secret, 'dial', this.opts.clusterId, this.opts.nodeId, peerNode.id, nonce, theirNonce!) } satisfies Auth));
+          open(peerNode);
+        });
+      }
+      admit(hello, () => {
+        const answer = this.hello(nonce);
+        if (secret) answer.proof = proof(secret, 'accept', this.opts.clusterId, this.opts.nodeId, peerNode.id, theirNonce!, nonce);
+        socket.write(encodeFrame(answer));
+        if (secret) stage = 'auth';
+        else open(peerNode);
+      });
+    };
+    const onAuth = (value: unknown) => {
+      const p = claimed!;
+      const auth = value as Partial<Auth> | null;
+      if (typeof auth !== 'object' || auth === null || auth.t !== 'auth') return reject(`${p.id} sent no proof of the cluster secret`);
+      if (!proofHolds(auth.proof, proof(secret!, 'dial', this.opts.clusterId, p.id, this.opts.nodeId, theirNonce!, nonce))) {
+        return reject(`${p.id} did not prove the cluster secret: FASTPACA_CLUSTER_SECRET differs between the nodes`);
+      }
+      open(p);
+    };
+    const deliver = (p: Peer, value: unknown) => {
+      if (!Array.isArray(value)) return reject('a frame after the handshake is not a list of messages');
+      p.lastReceivedAt = performance.now();
+      this.opts.counters?.framesReceived(1);
+      for (const message of value) {
+        try {
+          this.opts.onMessage(p.id, message);
+        } catch (err) {
+          // The receiver validates what it gets; an exception here is its bug, not the peer's.
+          this.opts.log.error('handling a message from a peer failed', { peer: p.id, err });
+        }
+      }
+    };
+    const pump = () => {
+      while (backlog.length > 0 && stage !== 'admitting' && stage !== 'closed') {
+        if (socket.destroyed || this.closed) return;
+        const value = backlog.shift();
+        if (stage === 'open') deliver(peer!, value);
+        else if (stage === 'hello') onHello(value);
+        else onAuth(value);
+      }
+    };
+    socket.on('error', (err) => this.opts.log.debug('cluster connection error', { err: err.message, peer: (peer ?? claimed)?.id }));
+    socket.on('data', (chunk: Buffer) => {
+      if (stage === 'closed') return;
+      try {
+        // Bounded: the socket is paused while a peer is being admitted, so at most one chunk's frames wait.
+        for (const value of decoder.push(chunk)) backlog.push(value);
+      } catch (err) {
+        return reject(err instanceof FrameError ? err.message : `unreadable input: ${String((err as Error)?.message ?? 'unknown')}`);
+      }
+      pump();
     });
   }
 
@@ -361,8 +492,16 @@ export class Transport {
     this.flush(peer);
   }
 
-  private hello(): Hello {
-    return { t: 'hello', cluster: this.opts.clusterId, node: this.opts.nodeId, version: ProtocolVersion };
+  private hello(nonce: Buffer): Hello {
+    return {
+      t: 'hello',
+      cluster: this.opts.clusterId,
+      node: this.opts.nodeId,
+      version: ProtocolVersion,
+      nonce,
+      auth: this.opts.secret !== undefined,
+      ...(this.opts.incarnation === undefined ? {} : { incarnation: this.opts.incarnation }),
+    };
   }
 }
 
@@ -373,5 +512,27 @@ function helloProblem(value: unknown, clusterId: string): string | undefined {
   if (hello.t !== 'hello' || typeof hello.node !== 'string' || typeof hello.cluster !== 'string' || typeof hello.version !== 'number') return 'the first frame is not a hello';
   if (hello.cluster !== clusterId) return `cluster ${JSON.stringify(hello.cluster.slice(0, 100))} is not ${clusterId}`;
   if (hello.version !== ProtocolVersion) return `protocol version ${hello.version} is not ${ProtocolVersion}`;
+  if (!(hello.nonce instanceof Uint8Array) || hello.nonce.length !== NonceBytes || typeof hello.auth !== 'boolean') return 'the hello has no nonce';
+  if (hello.incarnation !== undefined && (typeof hello.incarnation !== 'string' || hello.incarnation.length > 64)) return 'the hello has a malformed incarnation';
+  if (hello.proof !== undefined && !(hello.proof instanceof Uint8Array)) return 'the hello has a malformed proof';
   return undefined;
+}
+
+function isRefused(value: unknown): value is Refused {
+  return typeof value === 'object' && value !== null && (value as Partial<Refused>).t === 'refused' && typeof (value as Partial<Refused>).reason === 'string';
+}
+
+/**
+ * `prover`'s proof to `verifier` that it holds the cluster secret, bound to this connection by
+ * both nonces (dialing side's first) and to its direction by `label`, so that it can be neither
+ * replayed on another connection nor reflected back.
+ */
+function proof(secret: Buffer, label: 'accept' | 'dial', cluster: string, prover: string, verifier: string, dialerNonce: Uint8Array, acceptorNonce: Uint8Array): Buffer {
+  return createHmac('sha256', secret)
+    .update(packMessage(['fastpaca-cluster-proof', label, cluster, prover, verifier, dialerNonce, acceptorNonce]))
+    .digest();
+}
+
+function proofHolds(given: unknown, expected: Buffer): boolean {
+  return given instanceof Uint8Array && given.length === expected.length && timingSafeEqual(given, expected);
 }

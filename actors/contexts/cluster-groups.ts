@@ -136,6 +136,7 @@ export class ClusterGroups implements Groups {
       onMessage: (from, message) => (self ? self.receive(from, message) : early.receive(from, message, transport)),
       onPeer: (peer, connected) => self?.peerChanged(peer, connected),
       log,
+      secret: config.clusterSecret === undefined ? undefined : Buffer.from(config.clusterSecret, 'utf8'),
       counters: {
         framesSent: (n) => metrics.clusterFrames.inc({ direction: 'sent' }, n),
         framesReceived: (n) => metrics.clusterFrames.inc({ direction: 'received' }, n),

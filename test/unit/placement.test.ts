@@ -101,6 +101,12 @@ describe('cluster configuration', () => {
     expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_PEERS: 'a=h:4200,b=h:4201', FASTPACA_STATE_COMMIT_MS: '0' }).stateCommitMs).toBe(0);
   });
 
+  it('a cluster secret is optional, and refused when it is short enough to guess', () => {
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_PEERS: 'a=h:4200,b=h:4201' }).clusterSecret).toBeUndefined();
+    expect(loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_CLUSTER_SECRET: 'x'.repeat(16) }).clusterSecret).toBe('x'.repeat(16));
+    expect(() => loadConfig({ FASTPACA_NODE_ID: 'a', FASTPACA_CLUSTER_SECRET: 'hunter2' })).toThrow(ConfigError);
+  });
+
   it('Raft ids are positive, stable and distinct over 5,000 node names', () => {
     expect(raftIdOf('fastpaca-0')).toBe(raftIdOf('fastpaca-0'));
     const seen = new Map<number, string>();

@@ -9,11 +9,11 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FrameDecoder, FrameError, encodeFrame } from '../../runtime/frame.js';
 import { createLogger } from '../../runtime/log.js';
-import { ProtocolVersion, Transport, type TransportLimits } from '../../runtime/transport.js';
+import { ProtocolVersion, Transport, type PeerHello, type TransportLimits, type TransportOptions } from '../../runtime/transport.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { freePort } from '../support/server.js';
 
-const quiet = createLogger('error', {}, () => {});
+const quiet = createLogger(process.env.TLOG ? 'debug' : 'error', {}, process.env.TLOG ? undefined : () => {});
 const Cluster = 'test-cluster';
 
 interface Node {
@@ -141,7 +141,7 @@ describe('Transport', () => {
     const a = nodes.get('a')!;
     const b = nodes.get('b')!;
     await until(() => a.transport.connected('b'));
-    const hello = (over: Record<string, unknown>) => encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, ...over });
+    const hello = (over: Record<string, unknown>) => encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, nonce: Buffer.alloc(16), auth: false, ...over });
     const badCrc = encodeFrame([1]);
     badCrc.writeUInt8(badCrc.readUInt8(5) ^ 0xff, 5);
     const oversize = Buffer.alloc(8);
@@ -155,6 +155,8 @@ describe('Transport', () => {
       ['an unknown node', hello({ node: 'mallory' })],
       ['not a hello first', encodeFrame(['x'])],
       ['a hello with fields of the wrong type', hello({ cluster: { toString: 1 } })],
+      ['a hello without a nonce', hello({ nonce: undefined })],
+      ['a hello with a short nonce', hello({ nonce: Buffer.alloc(3) })],
       ['a big frame before the hello', encodeFrame('z'.repeat(64 * 1024))],
       ['not msgpack', rawFrame(Buffer.from([0xc1]))],
     ];
@@ -182,6 +184,91 @@ describe('Transport', () => {
     await until(() => a.transport.connected('b'));
     a.transport.send('b', 'ok');
     await until(() => b.received.length === 1);
+  });
+});
+
+describe('Transport: peer authentication and admission', () => {
+  const secret = Buffer.from('a cluster secret of some length');
+
+  /** Nodes a and b (a dials), each with its own options; what each was told when refused. */
+  async function pair(optsA: Partial<TransportOptions>, optsB: Partial<TransportOptions>) {
+    const ports = new Map([['a', await freePort()], ['b', await freePort()]]);
+    const refusals: Record<string, string[]> = { a: [], b: [] };
+    const a = await startOne('a', ports, {}, { onRefused: (_, why) => refusals.a!.push(why), ...optsA });
+    const b = await startOne('b', ports, {}, { onRefused: (_, why) => refusals.b!.push(why), ...optsB });
+    return { a, b, refusals };
+  }
+
+  it('nodes with the same secret prove it to each other and talk', async () => {
+    const { a, b } = await pair({ secret }, { secret });
+    await until(() => a.transport.connected('b') && b.transport.connected('a'));
+    a.transport.send('b', 'hi');
+    b.transport.send('a', 'hello');
+    await until(() => b.received.length === 1 && a.received.length === 1);
+    expect(a.counts.rejected + b.counts.rejected).toBe(0);
+  });
+
+  it('a different secret, or none on one side, never connects, and the node without one is told why', async () => {
+    const cases: Array<[Partial<TransportOptions>, Partial<TransportOptions>]> = [
+      [{ secret }, { secret: Buffer.from('another secret, also long enough') }],
+      [{ secret }, {}],
+      [{}, { secret }],
+    ];
+    for (const [optsA, optsB] of cases) {
+      const { a, b, refusals } = await pair(optsA, optsB);
+      await until(() => a.counts.rejected + b.counts.rejected >= 2);
+      expect(a.transport.connected('b') || b.transport.connected('a')).toBe(false);
+      a.transport.send('b', 'x');
+      await new Promise((r) => setTimeout(r, 50));
+      expect(b.received).toEqual([]);
+      if (optsA.secret === undefined || optsB.secret === undefined) expect([...refusals.a!, ...refusals.b!].join(' ')).toContain('FASTPACA_CLUSTER_SECRET');
+      await Promise.all([a.transport.close(), b.transport.close()]);
+    }
+  });
+
+  it('a peer that knows the protocol but not the secret gets nothing through', async () => {
+    const { b } = await pair({ secret }, { secret });
+    await until(() => b.transport.connected('a'));
+    const hello = encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, nonce: Buffer.alloc(16, 7), auth: true });
+    const forged = encodeFrame({ t: 'auth', proof: Buffer.alloc(32, 1) });
+    const before = b.counts.rejected;
+    // A wrong proof; no proof, messages straight away; a proof that is not bytes.
+    for (const after of [forged, encodeFrame([['r', 1]]), encodeFrame({ t: 'auth', proof: 'x' })]) {
+      expect(await sendRaw(b.port, Buffer.concat([hello, after]))).toBe(true);
+    }
+    expect(b.counts.rejected - before).toBe(3);
+    expect(b.received).toEqual([]);
+  });
+
+  it('admission sees the peer and its incarnation; a refused peer is told the reason, and nothing it sends is taken', async () => {
+    const seen: PeerHello[] = [];
+    const { a, b, refusals } = await pair(
+      { incarnation: 'a-2' },
+      {
+        incarnation: 'b-1',
+        admit: async (peer, hello) => {
+          seen.push(hello);
+          await new Promise((r) => setTimeout(r, 20));
+          return hello.incarnation === 'a-1' ? undefined : `${peer} came back with a new data directory`;
+        },
+      },
+    );
+    await until(() => refusals.a!.length > 0);
+    expect(refusals.a![0]).toBe('a came back with a new data directory');
+    expect(seen[0]).toEqual({ node: 'a', incarnation: 'a-2' });
+    a.transport.send('b', 'x');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(b.received).toEqual([]);
+    expect(a.transport.connected('b') || b.transport.connected('a')).toBe(false);
+  });
+
+  it('frames that arrive while a peer is being admitted wait, in order', async () => {
+    const { a, b } = await pair({ admit: () => new Promise((r) => setTimeout(() => r(undefined), 100)) }, {});
+    await until(() => b.transport.connected('a'));
+    // b is open; a still decides on b: what b sends meanwhile is delivered once a admits it.
+    for (let i = 0; i < 20; i++) b.transport.send('a', i);
+    await until(() => a.received.length === 20);
+    expect(a.received.map((r) => r.message)).toEqual(Array.from({ length: 20 }, (_, i) => i));
   });
 });
 
@@ -232,6 +319,7 @@ function sendRaw(port: number, bytes: Buffer, ms = 2_000, end = false): Promise<
       resolve(false);
     }, ms);
     socket.on('error', () => {});
+    socket.resume(); // read (and drop) what the node answers: its hello would otherwise hold back the close
     socket.on('close', () => {
       clearTimeout(timer);
       resolve(true);
@@ -241,7 +329,7 @@ function sendRaw(port: number, bytes: Buffer, ms = 2_000, end = false): Promise<
 }
 
 /** Starts node `id` listening on ports[id] and reaching each other node at ports[peer]. */
-async function startOne(id: string, ports: Map<string, number>, limits: Partial<TransportLimits> = {}): Promise<Node> {
+async function startOne(id: string, ports: Map<string, number>, limits: Partial<TransportLimits> = {}, extra: Partial<TransportOptions> = {}): Promise<Node> {
   const counts = { sent: 0, received: 0, dropped: 0, rejected: 0 };
   const received: Node['received'] = [];
   const peers = new Map([...ports].filter(([p]) => p !== id).map(([p, port]) => [p, { host: '127.0.0.1', port }] as const));
@@ -254,6 +342,7 @@ async function startOne(id: string, ports: Map<string, number>, limits: Partial<
     log: quiet,
     limits: { reconnectDelayFirstMs: 10, reconnectDelayMaxMs: 100, frameBytesMax: 1024 * 1024, ...limits },
     counters: { framesSent: (n) => (counts.sent += n), framesReceived: (n) => (counts.received += n), dropped: (n) => (counts.dropped += n), rejected: () => counts.rejected++ },
+    ...extra,
   });
   await transport.start();
   cleanups.push(() => transport.close());
