@@ -95,6 +95,11 @@ export function buildRoutes(groups: Groups): Route[] {
   const routes: Route[] = [];
   const add = (method: string, path: string, name: string, handler: Handler) => routes.push({ method, pattern: path.split('/').slice(1), name, handler });
 
+  add('POST', '/v1/cluster/nodes/:id/replace', 'cluster.replace', async (req) => {
+    if (groups.replaceNode === undefined) throw new FastpacaError('not_found', 'this node is not part of a cluster');
+    return { status: 200, body: await groups.replaceNode(req.params[0]!) };
+  });
+
   for (const facade of ['contexts', 'conversations'] as const) {
     const base = `/v1/${facade}`;
 

@@ -122,6 +122,11 @@ export const metrics = {
     help: 'Peer connections closed for a protocol violation (bad frame or handshake)',
     registers: [registry],
   }),
+  clusterReturnedPeers: new client.Gauge({
+    name: 'fastpaca_cluster_returned_peers',
+    help: 'Peers this node refuses because they came back with a new data directory (replace them: docs/operations.md)',
+    registers: [registry],
+  }),
   clusterInvalid: new client.Counter({
     name: 'fastpaca_cluster_invalid_messages_total',
     help: 'Messages from peers dropped because they did not have the expected shape',

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
+import { syncDir } from './durable-file.js';
 import { assert } from './errors.js';
 
 /**
@@ -269,15 +270,6 @@ const SegmentBytesMaxDefault = 64 * 1024 * 1024;
 const ReadChunkBytes = 1024 * 1024;
 /** A record larger than this is damage, not data (nothing the node writes is that large). */
 const RecordBytesMax = 256 * 1024 * 1024;
-
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 function damaged(file: string, at: number): Error {
   return new Error(`damaged log segment ${file} at byte ${at}: the data directory is corrupt`);

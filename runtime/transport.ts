@@ -138,6 +138,8 @@ class Peer {
   reconnectDelayMs: number;
   reconnectTimer: NodeJS.Timeout | undefined;
   flushScheduled = false;
+  /** Why the peer last refused this node (logged once per reason, not at every redial). */
+  lastRefusal: string | undefined;
   constructor(
     readonly id: string,
     readonly address: PeerAddress,
@@ -366,6 +368,14 @@ export class Transport {
       socket.write(encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
       reject(why);
     };
+    /** The peer will not talk to this node (it answers a hello, or this node's hello, so). */
+    const refused = (p: Peer, value: Refused) => {
+      const reason = value.reason.slice(0, ReasonCharsMax);
+      if (p.lastRefusal !== reason) this.opts.log.error('a peer refused this node', { peer: p.id, reason });
+      p.lastRefusal = reason;
+      this.opts.onRefused?.(p.id, reason);
+      reject(`refused by ${p.id}: ${reason}`);
+    };
     const admit = (hello: Hello, then: () => void) => {
       stage = 'admitting';
       socket.pause();
@@ -390,12 +400,7 @@ export class Transport {
       this.established(p, socket);
     };
     const onHello = (value: unknown) => {
-      if (dialed !== undefined && isRefused(value)) {
-        const reason = value.reason.slice(0, ReasonCharsMax);
-        this.opts.log.error('a peer refused this node', { peer: dialed.id, reason });
-        this.opts.onRefused?.(dialed.id, reason);
-        return reject(`refused by ${dialed.id}: ${reason}`);
-      }
+      if (dialed !== undefined && isRefused(value)) return refused(dialed, value);
       const problem = helloProblem(value, this.opts.clusterId);
       if (problem !== undefined) return reject(problem);
       const hello = value as Hello;
@@ -431,6 +436,7 @@ export class Transport {
     };
     const onAuth = (value: unknown) => {
       const p = claimed!;
+      if (isRefused(value)) return refused(p, value);
       const auth = value as Partial<Auth> | null;
       if (typeof auth !== 'object' || auth === null || auth.t !== 'auth') return reject(`${p.id} sent no proof of the cluster secret`);
       if (!proofHolds(auth.proof, proof(secret!, 'dial', this.opts.clusterId, p.id, this.opts.nodeId, theirNonce!, nonce))) {
@@ -439,8 +445,9 @@ export class Transport {
       open(p);
     };
     const deliver = (p: Peer, value: unknown) => {
-      if (!Array.isArray(value)) return reject('a frame after the handshake is not a list of messages');
+      if (!Array.isArray(value)) return isRefused(value) ? refused(p, value) : reject('a frame after the handshake is not a list of messages');
       p.lastReceivedAt = performance.now();
+      p.lastRefusal = undefined;
       this.opts.counters?.framesReceived(1);
       for (const message of value) {
         try {

@@ -3,6 +3,7 @@ import { ErrorStatus, FastpacaError, assert, type ErrorCode } from '../../runtim
 import { groupOf } from '../../runtime/hash.js';
 import type { Logger } from '../../runtime/log.js';
 import { metrics, type ThreadMetrics } from '../../runtime/metrics.js';
+import { Incarnations } from '../../runtime/incarnations.js';
 import { raftIdOf, replicasOf, type PeerSpec } from '../../runtime/placement.js';
 import { Transport } from '../../runtime/transport.js';
 import { ConfChangeOp, type ConfChange } from '../raft/conf-change.js';
@@ -38,6 +39,8 @@ const ForwardedMax = 50_000;
 /** The coordinator looks at every group this often, with this many groups at a time. */
 const CoordinateEveryMs = 1_000;
 const CoordinatorConcurrency = 16;
+/** Replacing a node (removing it everywhere, waiting for every node to apply that) gives up after this. */
+const ReplaceTimeoutMs = 120_000;
 
 /** Requests for one group's leader: write, read, membership change, leadership transfer, status. */
 type GroupOp = 'w' | 'q' | 'c' | 't' | 'g';
@@ -53,7 +56,19 @@ interface Outstanding {
 export interface ClusterView {
   node: string;
   cluster: string;
-  nodes: Array<{ id: string; raft_id: number; address: string; self: boolean; connected: boolean }>;
+  nodes: Array<{
+    id: string;
+    raft_id: number;
+    address: string;
+    self: boolean;
+    connected: boolean;
+    /** Which copy of its data directory this node knows it as (its own, for itself). */
+    incarnation: string | null;
+    /** This node refuses it: it came back with a new data directory (and this incarnation). */
+    returned_with?: string;
+    /** It refuses this node, saying why. */
+    refused_by?: string;
+  }>;
   groups: number;
   replicas: number;
   hosted: number;
@@ -88,6 +103,8 @@ export class ClusterGroups implements Groups {
   private readonly sweeper: NodeJS.Timeout;
   private readonly coordinator: NodeJS.Timeout;
   private coordinating = false;
+  /** The node being replaced, while a replacement runs (one at a time). */
+  private replacing: string | undefined;
   private closed = false;
   private readonly raftId: number;
 
@@ -99,6 +116,9 @@ export class ClusterGroups implements Groups {
     private readonly counter: PoolTokenCounter,
     /** Per group, the nodes it is placed on (FASTPACA_PEERS is fixed for the process's life). */
     private readonly placement: readonly string[][],
+    private readonly incarnations: Incarnations,
+    /** Peers that refused this node, and why. */
+    private readonly refusedBy: Map<string, string>,
   ) {
     this.nodes = config.peers!;
     for (const n of this.nodes) this.byRaftId.set(raftIdOf(n.id), n.id);
@@ -128,15 +148,30 @@ export class ClusterGroups implements Groups {
     // Known before any peer can ask: a member says so even while it is still opening its storage.
     const membership = await ReplicaHost.membership(config);
     const early = new EarlyPeers(membership?.founders);
+    const incarnations = Incarnations.open(config.dataDir);
+    const refusedBy = new Map<string, string>();
     const transport = new Transport({
       clusterId: config.clusterId,
       nodeId: config.nodeId,
       listen: { host: config.host, port: config.clusterPort },
       peers: new Map(peers.filter((p) => p.id !== config.nodeId).map((p) => [p.id, { host: p.host, port: p.port }])),
       onMessage: (from, message) => (self ? self.receive(from, message) : early.receive(from, message, transport)),
-      onPeer: (peer, connected) => self?.peerChanged(peer, connected),
+      onPeer: (peer, connected) => {
+        // Also while opening: a peer that refused this node and now takes it has changed its mind.
+        if (connected) refusedBy.delete(peer);
+        self?.peerChanged(peer, connected);
+      },
       log,
       secret: config.clusterSecret === undefined ? undefined : Buffer.from(config.clusterSecret, 'utf8'),
+      incarnation: incarnations.own,
+      admit: (peer, hello) => {
+        const before = incarnations.returned.get(peer);
+        const refusal = incarnations.admit(config.nodeId, peer, hello.incarnation);
+        metrics.clusterReturnedPeers.set(incarnations.returned.size);
+        if (refusal !== undefined && incarnations.returned.get(peer) !== before) log.error('refusing a peer', { peer, reason: refusal });
+        return refusal;
+      },
+      onRefused: (peer, reason) => refusedBy.set(peer, reason),
       counters: {
         framesSent: (n) => metrics.clusterFrames.inc({ direction: 'sent' }, n),
         framesReceived: (n) => metrics.clusterFrames.inc({ direction: 'received' }, n),
@@ -176,7 +211,7 @@ export class ClusterGroups implements Groups {
       await counter.close();
       throw err;
     }
-    self = new ClusterGroups(config, log, host, transport, counter, placement);
+    self = new ClusterGroups(config, log, host, transport, counter, placement, incarnations, refusedBy);
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
   }
@@ -212,6 +247,7 @@ export class ClusterGroups implements Groups {
   readiness(): Readiness {
     const reason = this.host.unavailableReason;
     if (reason !== undefined) return { ready: false, reason };
+    for (const [peer, why] of this.refusedBy) return { ready: false, reason: `node ${peer} refuses this node: ${why}` };
     let without = 0;
     let joining = 0;
     for (const g of this.hosted) {
@@ -254,7 +290,21 @@ export class ClusterGroups implements Groups {
     return {
       node: this.config.nodeId,
       cluster: this.config.clusterId,
-      nodes: this.nodes.map((n) => ({ id: n.id, raft_id: raftIdOf(n.id), address: `${n.host}:${n.port}`, self: n.id === this.config.nodeId, connected: n.id === this.config.nodeId || this.transport.connected(n.id) })),
+      nodes: this.nodes.map((n) => {
+        const self = n.id === this.config.nodeId;
+        const returned = this.incarnations.returned.get(n.id);
+        const refusedBy = this.refusedBy.get(n.id);
+        return {
+          id: n.id,
+          raft_id: raftIdOf(n.id),
+          address: `${n.host}:${n.port}`,
+          self,
+          connected: self || this.transport.connected(n.id),
+          incarnation: self ? this.incarnations.own : (this.incarnations.known(n.id) ?? null),
+          ...(returned === undefined ? {} : { returned_with: returned }),
+          ...(refusedBy === undefined ? {} : { refused_by: refusedBy }),
+        };
+      }),
       groups: this.config.groups,
       replicas: Math.min(this.config.replicas, this.nodes.length),
       hosted: this.hosted.size,
@@ -520,6 +570,97 @@ export class ClusterGroups implements Groups {
     }
   }
 
+  // ---- replacing a node that lost its data ----------------------------------------------------
+
+  /**
+   * Replaces node `id`, which lost its data directory and came back with a new one (so every
+   * peer refuses it, see Incarnations), or whose disk is gone for good. Safe because the node's
+   * old copy never votes again:
+   *  1. it is removed as a voter from every group (the coordinator may add it back as a learner
+   *     at once: learners neither vote nor count towards a commit);
+   *  2. every other node is waited for until none of the groups it is a member of, as it has
+   *     applied them, still counts the node as a voter;
+   *  3. every node forgets the node's incarnation, durably, so its next connection is taken as a
+   *     new copy: the coordinator adds it back as a learner, its leaders fill it with snapshots,
+   *     and it is promoted once it has caught up.
+   * Every other node must be up (a node that was down would still count the old copy's vote).
+   * Idempotent: a replacement that failed half way is simply run again.
+   */
+  async replaceNode(id: string): Promise<{ node: string; removed_from: number; forgotten_by: string[] }> {
+    if (!this.nodes.some((n) => n.id === id)) throw new FastpacaError('not_found', `${JSON.stringify(id)} is not a node of this cluster (FASTPACA_PEERS)`);
+    if (id === this.config.nodeId) throw new FastpacaError('conflict', 'a node does not replace itself: ask another node');
+    if (this.transport.connected(id)) throw new FastpacaError('conflict', `node ${id} is connected with the data directory this cluster knows: there is nothing to replace`);
+    const others = this.nodes.filter((n) => n.id !== id && n.id !== this.config.nodeId).map((n) => n.id);
+    const down = others.filter((n) => !this.transport.connected(n));
+    if (down.length > 0) throw new FastpacaError('unavailable', `every other node must be up to replace one, and ${down.join(', ')} cannot be reached`, { retryAfterS: 5 });
+    if (this.replacing !== undefined) throw new FastpacaError('conflict', `node ${this.replacing} is being replaced; one at a time`);
+    this.replacing = id;
+    const deadline = performance.now() + ReplaceTimeoutMs;
+    const raftId = raftIdOf(id);
+    try {
+      this.log.warn('replacing a node: removing it as a voter from every group', { node: id });
+      let removed = 0;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < this.config.groups) {
+          const g = next++;
+          if (await this.removeVoter(g, raftId, deadline)) removed++;
+        }
+      };
+      await Promise.all(Array.from({ length: CoordinatorConcurrency }, worker));
+      for (;;) {
+        const ms = Math.max(1, Math.floor(deadline - performance.now()));
+        const views = [this.cluster(), ...(await Promise.all(others.map((n) => this.call(n, { t: 's', id: 0, ms }, ms) as Promise<ClusterView>)))];
+        const counting = views.filter((v) => v.group_status.some((gs) => gs.voters.includes(id) && (gs.voters.includes(v.node) || gs.learners.includes(v.node))));
+        if (counting.length === 0) break;
+        if (performance.now() > deadline) throw new FastpacaError('unavailable', `nodes ${counting.map((v) => v.node).join(', ')} still count ${id} as a voter; retry`, { retryAfterS: 5 });
+        await pause(200);
+      }
+      const ms = Math.max(1, Math.floor(deadline - performance.now()));
+      await Promise.all(others.map((n) => this.call(n, { t: 'x', id: 0, ms, node: id }, ms)));
+      this.forget(id);
+      this.log.warn('replaced a node: it is taken as a new copy when it connects, and added back as a learner', { node: id, removed_from: removed });
+      return { node: id, removed_from: removed, forgotten_by: [this.config.nodeId, ...others] };
+    } finally {
+      this.replacing = undefined;
+    }
+  }
+
+  /** Removes `raftId` as a voter of group `g` (on its leader); true if this call removed it. */
+  private async removeVoter(g: number, raftId: number, deadline: number): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      let st: GroupStatus | undefined;
+      try {
+        st = (await this.route(g, 'g', {})) as GroupStatus;
+        if (!st.voters.includes(raftId)) return false;
+      } catch {
+        // No leader just now: the group elects one.
+      }
+      if (st !== undefined) {
+        if (st.leader === raftId) throw new FastpacaError('conflict', `node ${this.byRaftId.get(raftId)} leads group ${g}: it is alive, and is not replaced`);
+        try {
+          await this.route(g, 'c', { op: ConfChangeOp.Remove, node: raftId } satisfies ConfChange);
+          return true;
+        } catch {
+          // Another change of the group may be under way (the coordinator's): try again shortly.
+        }
+      }
+      if (performance.now() > deadline) throw new FastpacaError('unavailable', `group ${g} could not remove the node in time; retry`, { retryAfterS: 5 });
+      await backoff(attempt, deadline);
+    }
+  }
+
+  /** Forgets `node`'s incarnation here, the last step of its replacement: its next connection is taken as a new copy. */
+  private forget(node: string): null {
+    if (!this.nodes.some((n) => n.id === node) || node === this.config.nodeId) throw new FastpacaError('invalid_request', `${JSON.stringify(node)} is not a peer of this node`);
+    // Only a node that is away: forgetting a live copy would take whatever it says next as new.
+    if (this.transport.connected(node)) throw new FastpacaError('conflict', `node ${node} is connected: it is not forgotten`);
+    this.incarnations.forget(node);
+    metrics.clusterReturnedPeers.set(this.incarnations.returned.size);
+    this.log.warn("forgot a peer's incarnation: its next connection is taken as a new copy", { peer: node });
+    return null;
+  }
+
   /** Runs a peer's forwarded request here (never forwarding it again) and answers it. */
   private serve(from: string, f: Forward): void {
     let work: Promise<unknown>;
@@ -539,6 +680,9 @@ export class ClusterGroups implements Groups {
         break;
       case 's':
         work = Promise.resolve(this.cluster());
+        break;
+      case 'x':
+        work = new Promise((resolve) => resolve(this.forget(f.node)));
         break;
     }
     void work.then(

@@ -58,7 +58,9 @@ export type Forward =
   /** "Do you belong to a cluster?" (a node deciding whether to found or to join). */
   | { t: 'f'; id: number; ms: number }
   | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
-  | { t: 's'; id: number; ms: number };
+  | { t: 's'; id: number; ms: number }
+  /** "Forget node `node`'s incarnation": the last step of replacing a node that lost its data. */
+  | { t: 'x'; id: number; ms: number; node: string };
 
 /** The answer to a Forward, correlated by id. */
 export interface Answer {
@@ -175,6 +177,8 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
       return whole(v.id) && whole(v.ms) && isObject(v.req) ? 'l' : undefined;
     case 's':
       return whole(v.id) && whole(v.ms) ? 's' : undefined;
+    case 'x':
+      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 ? 'x' : undefined;
     case 'a':
       return whole(v.id) && (v.err === undefined || isObject(v.err)) ? 'a' : undefined;
     default:

@@ -32,6 +32,8 @@ export interface Groups {
   metrics(): Promise<ThreadMetrics[]>;
   /** What GET /v1/cluster shows: nodes, groups, leaders, terms, commit and applied indexes. */
   cluster?(): unknown;
+  /** A cluster node: replaces a node that lost its data directory (ClusterGroups.replaceNode). */
+  replaceNode?(id: string): Promise<unknown>;
   /** Test hook (FASTPACA_TEST_HOOKS=1): make worker `index` crash as a bug would. */
   crash?(index: number): Promise<unknown>;
   close(): Promise<void>;

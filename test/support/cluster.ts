@@ -74,8 +74,8 @@ export class TestCluster {
     return cluster;
   }
 
-  /** Starts node i (again), with its data directory; resolves once it is ready (or only live). */
-  async startNode(i: number, env: Record<string, string> = {}, waitFor: 'ready' | 'live' = 'ready'): Promise<TestServer> {
+  /** Starts node i (again), with its data directory; resolves once it is ready (or only live, or at once: none). */
+  async startNode(i: number, env: Record<string, string> = {}, waitFor: 'ready' | 'live' | 'none' = 'ready'): Promise<TestServer> {
     const node = this.nodes[i]!;
     node.server = await startServer({
       dataDir: node.dataDir,
@@ -167,7 +167,7 @@ export class TestCluster {
 
 export interface ClusterViewBody {
   node: string;
-  nodes: Array<{ id: string; connected: boolean; self: boolean }>;
+  nodes: Array<{ id: string; connected: boolean; self: boolean; incarnation: string | null; returned_with?: string; refused_by?: string }>;
   hosted: number;
   leading: number;
   without_leader: number;

@@ -94,6 +94,8 @@ describe('peer messages', () => {
     expect(peerMessageKind({ t: 'w', id: 1, g: 2, ms: 100, req: {} })).toBe('w');
     expect(peerMessageKind({ t: 'a', id: 1, ok: 3 })).toBe('a');
     expect(peerMessageKind({ t: 'f', id: 1, ms: 5 })).toBe('f');
+    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2' })).toBe('x');
+    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 2 })).toBeUndefined();
     fc.assert(
       fc.property(fc.anything(), (v) => {
         const kind = peerMessageKind(v);

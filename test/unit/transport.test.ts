@@ -262,6 +262,15 @@ describe('Transport: peer authentication and admission', () => {
     expect(a.transport.connected('b') || b.transport.connected('a')).toBe(false);
   });
 
+  it('the accepting side is told too when the dialing side refuses it', async () => {
+    const { a, b, refusals } = await pair({ admit: (peer) => `${peer} is not welcome` }, {});
+    await until(() => refusals.b!.length > 0);
+    expect(refusals.b![0]).toBe('b is not welcome');
+    b.transport.send('a', 'x');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(a.received).toEqual([]);
+  });
+
   it('frames that arrive while a peer is being admitted wait, in order', async () => {
     const { a, b } = await pair({ admit: () => new Promise((r) => setTimeout(() => r(undefined), 100)) }, {});
     await until(() => b.transport.connected('a'));
