@@ -234,7 +234,7 @@ async function withNode(run: RunState, env: Record<string, string>, log: (msg: s
 
 /**
  * Starts a cluster of `n` node processes on fresh data dirs (each node's groups on its gateway
- * thread, FASTPACA_REPLICAS as configured, default 3), waits until every node is ready, creates
+ * thread unless FASTPACA_WORKERS is set, FASTPACA_REPLICAS as configured, default 3), waits until every node is ready, creates
  * the contexts through the first, measures with the connections spread over all nodes, stops it.
  */
 async function withCluster(run: RunState, n: number, log: (msg: string) => void, measure: (target: Target, all: Target[]) => Promise<LoadResult>): Promise<LoadResult> {
@@ -247,6 +247,8 @@ async function withCluster(run: RunState, n: number, log: (msg: string) => void,
     run.tempDirs.push(dataDir);
     nodes.push(
       spawnChild(run, [NODE_SCRIPT, 'serve'], {
+        // Nodes that share one machine's cores run on one thread each unless told otherwise.
+        FASTPACA_WORKERS: '0',
         ...process.env,
         PORT: String(ports[i]),
         HOST: '127.0.0.1',

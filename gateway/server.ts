@@ -115,8 +115,16 @@ export function createGateway(config: Config, groups: Groups, log: Logger): Gate
       if (bucket && !bucket.take()) return finish(errorReply(new FastpacaError('rate_limited', 'this node is over its request rate limit', { retryAfterS: 1 })));
     }
     if (path === '/v1/cluster' && method === 'GET') {
-      const view = groups.cluster?.() ?? { node: config.nodeId, nodes: [{ id: config.nodeId, self: true, connected: true }], groups: groups.count, replicas: 1, mode: 'single' };
-      return finish({ status: 200, body: view });
+      if (groups.cluster === undefined) return finish({ status: 200, body: { node: config.nodeId, nodes: [{ id: config.nodeId, self: true, connected: true }], groups: groups.count, replicas: 1, mode: 'single' } });
+      inflight++;
+      void Promise.resolve()
+        .then(() => groups.cluster!())
+        .then(
+          (view) => finish({ status: 200, body: view }),
+          (err: unknown) => finish(failure(err, 'cluster')),
+        )
+        .finally(() => inflight--);
+      return;
     }
     if (match === 'not_found') return finish(errorReply(new FastpacaError('not_found', `no route for ${method} ${path}`)));
     if (match === 'method_not_allowed') return finish(errorReply(new FastpacaError('method_not_allowed', `${method} is not allowed on ${path}`)));

@@ -28,7 +28,8 @@ export async function clusterCommand(args: string[]): Promise<number> {
     const dataDir = path.resolve(values.dir!, ids[i]!);
     fs.mkdirSync(dataDir, { recursive: true });
     const child = spawn(process.execPath, [cli, 'serve'], {
-      env: { ...process.env, PORT: String(base + i), HOST: host, FASTPACA_NODE_ID: ids[i], FASTPACA_DATA_DIR: dataDir, FASTPACA_PEERS: nodes > 1 ? peers : '' },
+      // Nodes that share one machine's cores run on one thread each unless told otherwise.
+      env: { FASTPACA_WORKERS: '0', ...process.env, PORT: String(base + i), HOST: host, FASTPACA_NODE_ID: ids[i], FASTPACA_DATA_DIR: dataDir, FASTPACA_PEERS: nodes > 1 ? peers : '' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     for (const stream of [child.stdout!, child.stderr!]) {

@@ -1,4 +1,5 @@
 import { ClusterGroups } from '../actors/contexts/cluster-groups.js';
+import { ClusterOnWorker } from '../actors/contexts/cluster-on-worker.js';
 import { LocalGroups, type Groups } from '../actors/contexts/groups.js';
 import { WorkerGroups } from '../actors/contexts/worker-groups.js';
 import { createGateway } from '../gateway/server.js';
@@ -18,20 +19,23 @@ const DrainMs = 10_000;
  * way: stop accepting, answer what is in flight, make every queued write durable, close.
  */
 export async function startNode(config: Config, log: Logger): Promise<RunningNode> {
+  // A worker that cannot start again leaves its groups without a host: let the orchestrator
+  // restart the whole node (the data is on disk).
+  const fatal = (err: Error) => {
+    log.error('a worker cannot be restarted; exiting', { err });
+    process.exit(1);
+  };
   const groups: Groups =
     config.peers !== undefined
-      ? await ClusterGroups.open(config, log)
+      ? config.workers === 0
+        ? await ClusterGroups.open(config, log)
+        : await ClusterOnWorker.open(config, log, fatal)
       : config.workers === 0
       ? await LocalGroups.open(config, log)
-      : await WorkerGroups.open(config, log, (err) => {
-          // A worker that cannot start again leaves its groups without a host: let the
-          // orchestrator restart the whole node (the data is on disk).
-          log.error('a worker cannot be restarted; exiting', { err });
-          process.exit(1);
-        });
+      : await WorkerGroups.open(config, log, fatal);
   const gateway = createGateway(config, groups, log);
   const port = await gateway.listen();
-  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.peers ? 0 : config.workers, cluster: config.peers ? config.peers.map((p) => p.id) : undefined });
+  log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.peers ? Math.min(1, config.workers) : config.workers, cluster: config.peers ? config.peers.map((p) => p.id) : undefined });
 
   let stopping: Promise<void> | undefined;
   const shutdown = (reason: string): Promise<void> => {

@@ -39,8 +39,6 @@ const ForwardedMax = 50_000;
 /** The coordinator looks at every group this often, with this many groups at a time. */
 const CoordinateEveryMs = 1_000;
 const CoordinatorConcurrency = 16;
-/** Replacing a node (removing it everywhere, waiting for every node to apply that) gives up after this. */
-const ReplaceTimeoutMs = 120_000;
 
 /** Requests for one group's leader: write, read, membership change, leadership transfer, status. */
 type GroupOp = 'w' | 'q' | 'c' | 't' | 'g';
@@ -595,7 +593,8 @@ export class ClusterGroups implements Groups {
     if (down.length > 0) throw new FastpacaError('unavailable', `every other node must be up to replace one, and ${down.join(', ')} cannot be reached`, { retryAfterS: 5 });
     if (this.replacing !== undefined) throw new FastpacaError('conflict', `node ${this.replacing} is being replaced; one at a time`);
     this.replacing = id;
-    const deadline = performance.now() + ReplaceTimeoutMs;
+    // Within the request's deadline (the caller runs it again: it is idempotent).
+    const deadline = performance.now() + this.config.requestTimeoutMs;
     const raftId = raftIdOf(id);
     try {
       this.log.warn('replacing a node: removing it as a voter from every group', { node: id });

@@ -21,3 +21,20 @@ export type ToGroupWorker =
 
 /** Worker → gateway calls: exact token counts run in the node's one piscina pool. */
 export type FromGroupWorker = { t: 'count'; tokenizer: Exclude<Tokenizer, 'approx'>; parts: Part[][] };
+
+/** Gateway → cluster worker calls: the node's ClusterGroups runs on that thread (cluster-worker.ts). */
+export type ToClusterWorker =
+  | { t: 'write'; group: number; req: WriteRequest }
+  | { t: 'read'; group: number; req: ReadRequest & { id: string } }
+  | { t: 'list'; req: Extract<ReadRequest, { q: 'list' }> }
+  | { t: 'readiness' }
+  | { t: 'cluster' }
+  | { t: 'replace'; node: string }
+  | { t: 'metrics' }
+  | { t: 'crash' }
+  | { t: 'close' };
+
+/** What a cluster worker thread is started with. */
+export interface ClusterWorkerData {
+  config: Config;
+}

@@ -31,7 +31,7 @@ export interface Groups {
   /** The metrics of the threads that host groups other than this one (merged for /metrics). */
   metrics(): Promise<ThreadMetrics[]>;
   /** What GET /v1/cluster shows: nodes, groups, leaders, terms, commit and applied indexes. */
-  cluster?(): unknown;
+  cluster?(): unknown | Promise<unknown>;
   /** A cluster node: replaces a node that lost its data directory (ClusterGroups.replaceNode). */
   replaceNode?(id: string): Promise<unknown>;
   /** Test hook (FASTPACA_TEST_HOOKS=1): make worker `index` crash as a bug would. */

@@ -70,7 +70,8 @@ describe('a cluster of three node processes', () => {
   });
 
   it('stays writable when the leader of a group is killed (kill -9), and the restarted node catches up', async () => {
-    const c = await start(3);
+    // Here each node's replicas run on its gateway's thread (elsewhere on the cluster worker).
+    const c = await start(3, { FASTPACA_WORKERS: '0' });
     const id = 'survivor';
     const g = groupOf(id, Groups);
     expect((await call(c.url(0), 'PUT', `/v1/contexts/${id}`, { token_budget: 10_000 })).status).toBeLessThan(300);
@@ -245,4 +246,22 @@ describe('a cluster of three node processes', () => {
     await c.close();
     expect(await assertReplicasIdentical(c)).toBe(Groups);
   }, 180_000);
+
+  it("a crashed cluster worker is started again: its node rejoins its groups and serves every write", async () => {
+    const c = await start(3, { FASTPACA_TEST_HOOKS: '1', FASTPACA_WORKERS: '1' });
+    const id = 'crashing';
+    expect((await call(c.url(0), 'PUT', `/v1/contexts/${id}`, { token_budget: 10_000 })).status).toBeLessThan(300);
+    for (let k = 1; k <= 10; k++) expect((await appendRetrying(() => c.url(0), id, text(`m${k}`), `k${k}`)).seq).toBe(k);
+    expect((await call(c.url(0), 'POST', '/v1/_test/workers/0/crash')).status).toBe(202);
+    // Through the crashed node: 503 while its worker restarts, then served again.
+    for (let k = 11; k <= 20; k++) expect((await appendRetrying(() => c.url(0), id, text(`m${k}`), `k${k}`)).seq).toBe(k);
+    await c.ready(0);
+    await c.converged();
+    const r = await call(c.url(0), 'GET', `/v1/contexts/${id}/messages?from_seq=1&limit=100`);
+    expect(r.body.messages.map((m: { seq: number }) => m.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    const metricsText = await (await fetch(`${c.url(0)}/metrics`)).text();
+    expect(metricsText).toMatch(/fastpaca_worker_restarts_total 1/);
+    await c.close();
+    expect(await assertReplicasIdentical(c)).toBe(Groups);
+  });
 });

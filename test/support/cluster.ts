@@ -70,7 +70,13 @@ export class TestCluster {
     for (let i = 0; i < n; i++) nodes.push({ id: `n${i}`, dataDir: path.join(root, `n${i}`), clusterPort: await freePort(), server: undefined });
     const cluster = new TestCluster(nodes, { FASTPACA_TICK_MS: '50', ...opts.env }, root, opts.dial);
     // Nodes in `later` are listed but not started: the others can found without them.
-    await Promise.all(nodes.map((_, i) => (opts.later?.includes(i) ? undefined : cluster.startNode(i))));
+    const started = await Promise.allSettled(nodes.map((_, i) => (opts.later?.includes(i) ? undefined : cluster.startNode(i))));
+    const failed = started.find((r) => r.status === 'rejected');
+    if (failed) {
+      // The caller never gets the cluster to close: stop the nodes that did start.
+      await cluster.close();
+      throw failed.reason;
+    }
     return cluster;
   }
 

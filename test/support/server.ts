@@ -9,16 +9,25 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const cli = path.join(root, 'dist/bin/fastpaca.js');
 
 /** A free TCP port on 127.0.0.1 (the OS picks it; we release it straight away). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
+/** Ports this test process has handed out: the kernel may give a just-closed port out again. */
+const handedOut = new Set<number>();
+
+/** A port nobody listens on now, and never one this process handed out before. */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.on('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const { port } = srv.address() as net.AddressInfo;
+        srv.close(() => resolve(port));
+      });
     });
-  });
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
 }
 
 /** A fresh directory inside the run's directory (test/support/global-setup.ts removes it). */

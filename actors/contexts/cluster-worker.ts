@@ -1,0 +1,72 @@
+/**
+ * The cluster worker thread: runs this node's ClusterGroups (its replicas of the groups, the TCP
+ * transport to the peers, routing, the coordinator), so that the gateway's thread only parses,
+ * validates and answers HTTP. It talks to the gateway through its mailbox (runtime/rpc.ts). Its
+ * state is in LMDB and its Raft log, which it reloads on every start: the supervisor can restart
+ * it after a crash without losing anything acknowledged (to its peers, a node that restarted).
+ */
+import { FastpacaError } from '../../runtime/errors.js';
+import { createLogger } from '../../runtime/log.js';
+import { metrics, registry, setMetricsThread } from '../../runtime/metrics.js';
+import { workerEndpoint } from '../../runtime/worker-endpoint.js';
+import { ClusterGroups } from './cluster-groups.js';
+import type { ClusterWorkerData, ToClusterWorker } from './group-protocol.js';
+
+let groups: ClusterGroups | undefined;
+let busyMs = 0;
+let reportedMessages = 0;
+
+const endpoint = workerEndpoint<ClusterWorkerData, never, unknown, ToClusterWorker, unknown>(handle, {
+  timeoutMs: 30_000,
+  inflightMax: 100_000,
+  outboxMax: 1_000_000,
+  counters: { full: () => metrics.mailboxFull.labels('from_worker').inc() },
+});
+const { config } = endpoint.data;
+setMetricsThread('cluster');
+const log = createLogger(config.logLevel, { node_id: config.nodeId, thread: 'cluster' });
+
+function handle(call: ToClusterWorker): unknown {
+  const started = performance.now();
+  try {
+    return dispatch(call);
+  } finally {
+    busyMs += performance.now() - started;
+  }
+}
+
+function dispatch(call: ToClusterWorker): unknown {
+  const g = groups!;
+  switch (call.t) {
+    case 'write':
+      return g.write(call.group, call.req);
+    case 'read':
+      return g.read(call.group, call.req);
+    case 'list':
+      return g.list(call.req);
+    case 'readiness':
+      return g.readiness();
+    case 'cluster':
+      return g.cluster();
+    case 'replace':
+      return g.replaceNode(call.node);
+    case 'metrics':
+      metrics.actorBusySeconds.inc(busyMs / 1000);
+      busyMs = 0;
+      metrics.actorMessages.inc(endpoint.rpc.mailbox.received - reportedMessages);
+      reportedMessages = endpoint.rpc.mailbox.received;
+      return registry.getMetricsAsJSON();
+    case 'crash':
+      if (!config.testHooks) throw new FastpacaError('not_found', 'test hooks are off');
+      log.warn('crashing on request (test hook)');
+      setImmediate(() => {
+        throw new Error('cluster worker crash requested by a test');
+      });
+      return null;
+    case 'close':
+      return g.close().then(() => null);
+  }
+}
+
+groups = await ClusterGroups.open(config, log);
+endpoint.ready();
