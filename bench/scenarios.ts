@@ -10,6 +10,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { groupOf } from '../runtime/hash.js';
 import { httpRequest, runLoad } from './driver.js';
 import { runMailboxBench } from './mailbox.js';
 import type { LoadResult } from './driver.js';
@@ -21,6 +22,12 @@ export interface BenchArgs {
   connections?: number;
   /** append: also measure a local cluster of this many nodes (3 replicas), beside the single node. */
   cluster?: number;
+  /**
+   * append on a cluster (--cluster, or --url with several nodes): also measure a leader-aware
+   * client, which sends each append to the node leading its context's group (from GET
+   * /v1/cluster and the documented id → group hash), so no request is forwarded.
+   */
+  leaderAware?: boolean;
 }
 
 type Scenario = (args: BenchArgs, run: RunState) => Promise<number>;
@@ -79,6 +86,10 @@ export async function runBench(scenario: string, args: BenchArgs): Promise<numbe
   }
   if (args.cluster !== undefined && !(Number.isInteger(args.cluster) && args.cluster >= 2 && args.cluster <= 9)) {
     process.stderr.write('bench: --cluster must be a whole number of nodes from 2 to 9\n');
+    return 2;
+  }
+  if (args.leaderAware && args.cluster === undefined && !(args.url?.includes(',') ?? false)) {
+    process.stderr.write('bench: --leader-aware needs a cluster: --cluster N, or --url with every node\n');
     return 2;
   }
   const state: RunState = { children: [], tempDirs: [] };
@@ -148,24 +159,50 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
     const servers = all?.map((t) => ({ host: t.host, port: t.port }));
     return runLoad({ host: target.host, port: target.port, ...(servers ? { servers } : {}), connections, durationS, warmupS, expectStatus: 201, request: appendRequests(target, connections) });
   };
+  /** The same load from a leader-aware client: connection c sends only appends that node c mod n leads. */
+  const loadLeaderAware = async (all: Target[]): Promise<LoadResult> => {
+    const byNode = await contextsByLeader(all);
+    log(`driving appends from a leader-aware client: ${connections} connections spread over ${all.length} nodes (contexts led: ${byNode.map((l) => l.length).join(', ')}), ${warmupS}s warmup + ${durationS}s`);
+    const requests = all.map((t, i) => appendRequestsFor(t, byNode[i]!, Math.ceil(connections / all.length)));
+    return runLoad({
+      host: all[0]!.host,
+      port: all[0]!.port,
+      servers: all.map((t) => ({ host: t.host, port: t.port })),
+      connections,
+      durationS,
+      warmupS,
+      expectStatus: 201,
+      request: (conn, n) => requests[conn % all.length]!(Math.floor(conn / all.length), n),
+    });
+  };
 
   const rows: Array<readonly [string, LoadResult]> = [['echo (bare uWS)', baseline]];
   let result: LoadResult;
   let singleThread: LoadResult | undefined;
   const workers = process.env.FASTPACA_WORKERS || String(Math.max(1, os.availableParallelism() - 1));
   let singleNode: LoadResult | undefined;
+  let leaderAware: LoadResult | undefined;
   if (args.url !== undefined) {
     // A comma list of URLs (a cluster's nodes): connections are spread over them.
     const targets = args.url.split(',').map((u) => targetFromUrl(u.trim()));
     await prepareNode(targets[0]!, undefined);
     result = await load(targets[0]!, targets.length > 1 ? targets : undefined);
     rows.push(['append', result]);
+    if (args.leaderAware) {
+      leaderAware = await loadLeaderAware(targets);
+      rows.push(['append (leader-aware client)', leaderAware]);
+    }
   } else if (args.cluster !== undefined) {
     // The single node first (as configured), then the cluster, each alone on the machine.
     singleNode = await withNode(run, {}, log, (t) => load(t));
     rows.push(['append (single node)', singleNode]);
-    result = await withCluster(run, args.cluster, log, load);
+    const measured = await withCluster(run, args.cluster, log, async (first, all) => ({ any: await load(first, all), aware: args.leaderAware ? await loadLeaderAware(all) : undefined }));
+    result = measured.any;
     rows.push([`append (${args.cluster}-node cluster)`, result]);
+    if (measured.aware) {
+      leaderAware = measured.aware;
+      rows.push([`append (${args.cluster}-node cluster, leader-aware client)`, leaderAware]);
+    }
   } else {
     // The groups on the gateway's thread (FASTPACA_WORKERS=0), then on worker threads as
     // configured: what the worker threads buy, measured in the same run.
@@ -182,6 +219,7 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
   process.stdout.write(`ratio append/echo: ${ratio.toFixed(3)}\n`);
   if (singleThread) process.stdout.write(`ratio workers/1 thread: ${(result.ops_per_s / singleThread.ops_per_s).toFixed(3)}\n`);
   if (singleNode) process.stdout.write(`ratio cluster/single node: ${(result.ops_per_s / singleNode.ops_per_s).toFixed(3)}\n`);
+  if (leaderAware) process.stdout.write(`ratio leader-aware/any node: ${(leaderAware.ops_per_s / result.ops_per_s).toFixed(3)}\n`);
   for (const [name, r] of rows) {
     if (r.first_error !== undefined) process.stdout.write(`${name}: first error: ${r.first_error}\n`);
   }
@@ -203,6 +241,13 @@ async function appendScenario(args: BenchArgs, run: RunState): Promise<number> {
             single_node_per_s: Math.round(singleNode.ops_per_s),
             single_node_p99_ms: round(singleNode.p99_ms, 3),
             ratio_vs_single_node: round(result.ops_per_s / singleNode.ops_per_s, 3),
+          }
+        : {}),
+      ...(leaderAware
+        ? {
+            leader_aware_per_s: Math.round(leaderAware.ops_per_s),
+            leader_aware_p99_ms: round(leaderAware.p99_ms, 3),
+            ratio_leader_aware: round(leaderAware.ops_per_s / result.ops_per_s, 3),
           }
         : {}),
       ...(singleThread
@@ -237,7 +282,7 @@ async function withNode(run: RunState, env: Record<string, string>, log: (msg: s
  * thread unless FASTPACA_WORKERS is set, FASTPACA_REPLICAS as configured, default 3), waits until every node is ready, creates
  * the contexts through the first, measures with the connections spread over all nodes, stops it.
  */
-async function withCluster(run: RunState, n: number, log: (msg: string) => void, measure: (target: Target, all: Target[]) => Promise<LoadResult>): Promise<LoadResult> {
+async function withCluster<T>(run: RunState, n: number, log: (msg: string) => void, measure: (target: Target, all: Target[]) => Promise<T>): Promise<T> {
   const ports = await Promise.all(Array.from({ length: n }, () => freePort()));
   const clusterPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
   const peers = clusterPorts.map((p, i) => `bench-${i}=127.0.0.1:${p}`).join(',');
@@ -276,6 +321,32 @@ async function prepareNode(target: Target, node: ChildProcess | undefined): Prom
   await createContexts(origin, target.headers);
 }
 
+/**
+ * Per node of `all`, the bench contexts whose group it leads now (GET /v1/cluster of each node
+ * names the node; the first one's group_status names the leaders), by the id → group hash
+ * docs/architecture.md documents (fnv1a32(id) mod groups).
+ */
+async function contextsByLeader(all: Target[]): Promise<number[][]> {
+  const views = await Promise.all(
+    all.map(async (t) => {
+      const res = await fetch(`http://${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}${t.base}/v1/cluster`, { headers: t.headers, signal: AbortSignal.timeout(5000) });
+      if (res.status !== 200) throw new Error(`GET /v1/cluster answered ${res.status}`);
+      return (await res.json()) as { node: string; groups: number; group_status?: Array<{ group: number; leader: string | null }> };
+    }),
+  );
+  const index = new Map(views.map((v, i) => [v.node, i]));
+  const leaders = new Map((views[0]!.group_status ?? []).map((s) => [s.group, s.leader]));
+  const byNode: number[][] = all.map(() => []);
+  for (let i = 0; i < CONTEXTS; i++) {
+    const leader = leaders.get(groupOf(`bench-${i}`, views[0]!.groups));
+    const at = leader === null || leader === undefined ? undefined : index.get(leader);
+    if (at === undefined) throw new Error(`no leader known for the group of bench-${i}: is every node listed?`);
+    byNode[at]!.push(i);
+  }
+  if (byNode.some((l) => l.length === 0)) throw new Error('a node leads none of the bench contexts: too few contexts to spread');
+  return byNode;
+}
+
 /** ~250 characters of fixed prose, so every run appends identical bytes. */
 const TEXT = (
   'The quick brown fox jumps over the lazy dog while the assistant summarises the previous ' +
@@ -289,14 +360,16 @@ const TEXT = (
  * connections hit different contexts rather than contending on one.
  */
 function appendRequests(target: Target, connections: number): (conn: number, n: number) => Buffer {
+  return appendRequestsFor(target, Array.from({ length: CONTEXTS }, (_, i) => i), connections);
+}
+
+/** As appendRequests, over the contexts `ids` only (say, those one node leads), for `connections` connections. */
+function appendRequestsFor(target: Target, ids: readonly number[], connections: number): (conn: number, n: number) => Buffer {
   const body = JSON.stringify({ message: { role: 'user', parts: [{ type: 'text', text: TEXT }] } });
   const headers = { ...target.headers, host: target.hostHeader };
-  const reqs: Buffer[] = [];
-  for (let i = 0; i < CONTEXTS; i++) {
-    reqs.push(httpRequest('POST', `${target.base}/v1/contexts/bench-${i}/messages`, body, headers));
-  }
-  const stride = Math.max(1, Math.floor(CONTEXTS / connections));
-  return (conn, n) => reqs[(conn * stride + n) % CONTEXTS]!;
+  const reqs = ids.map((i) => httpRequest('POST', `${target.base}/v1/contexts/bench-${i}/messages`, body, headers));
+  const stride = Math.max(1, Math.floor(reqs.length / connections));
+  return (conn, n) => reqs[(conn * stride + n) % reqs.length]!;
 }
 
 function targetFromUrl(raw: string): Target {

@@ -8,7 +8,7 @@ const usage = `usage: fastpaca <command>
 
 commands:
   serve                         run a node configured from the environment (see docs/operations.md)
-  bench <scenario> [--url U] [--json] [--duration S] [--connections N] [--cluster N]
+  bench <scenario> [--url U] [--json] [--duration S] [--connections N] [--cluster N] [--leader-aware]
                                 run a benchmark scenario (scenarios: append, mailbox, raft)
   cluster [--nodes N] [--base-port P] [--dir D]
                                 run a local cluster of N nodes (HTTP on P+i, cluster port P+100+i)
@@ -41,7 +41,7 @@ async function bench(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { url: { type: 'string' }, json: { type: 'boolean', default: false }, duration: { type: 'string' }, connections: { type: 'string' }, cluster: { type: 'string' } },
+    options: { url: { type: 'string' }, json: { type: 'boolean', default: false }, duration: { type: 'string' }, connections: { type: 'string' }, cluster: { type: 'string' }, 'leader-aware': { type: 'boolean', default: false } },
   });
   const { runBench } = await import('../bench/scenarios.js');
   return runBench(positionals[0] ?? '', {
@@ -50,6 +50,7 @@ async function bench(args: string[]): Promise<number> {
     durationS: values.duration === undefined ? undefined : Number(values.duration),
     connections: values.connections === undefined ? undefined : Number(values.connections),
     cluster: values.cluster === undefined ? undefined : Number(values.cluster),
+    leaderAware: values['leader-aware'] ?? false,
   });
 }
 

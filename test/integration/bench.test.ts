@@ -39,4 +39,10 @@ describe('fastpaca bench', () => {
       expect(run.stderr).not.toContain('fatal');
     }
   });
+
+  it('--leader-aware without a cluster to route over is a usage error', () => {
+    const run = spawnSync(process.execPath, [cli, 'bench', 'append', '--leader-aware'], { encoding: 'utf8', timeout: 30_000 });
+    expect(run.status, run.stderr).toBe(2);
+    expect(run.stderr).toContain('--leader-aware needs a cluster');
+  });
 });
