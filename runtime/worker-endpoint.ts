@@ -1,5 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { assert } from './errors.js';
+import { FastpacaError, assert } from './errors.js';
+import type { Logger } from './log.js';
+import { metrics, registry } from './metrics.js';
 import { Rpc, type RpcOptions } from './rpc.js';
 import type { SupervisedWorkerData, WorkerLifecycle } from './supervisor.js';
 
@@ -32,4 +34,39 @@ export function workerEndpoint<D, CallOut, AnswerIn, CallIn, AnswerOut>(
       port.postMessage({ type: 'ready' } satisfies WorkerLifecycle);
     },
   };
+}
+
+/** What a worker reports when the gateway scrapes it: time in its handlers and messages taken, since the last scrape. */
+export class WorkerAccounting {
+  private busyMs = 0;
+  private reportedMessages = 0;
+
+  /** Runs a call's handler, counting its time as busy. */
+  timed<T>(handler: () => T): T {
+    const started = performance.now();
+    try {
+      return handler();
+    } finally {
+      this.busyMs += performance.now() - started;
+    }
+  }
+
+  /** The thread's metrics, with what happened since the last report counted in. */
+  report(messagesReceived: number): unknown {
+    metrics.actorBusySeconds.inc(this.busyMs / 1000);
+    this.busyMs = 0;
+    metrics.actorMessages.inc(messagesReceived - this.reportedMessages);
+    this.reportedMessages = messagesReceived;
+    return registry.getMetricsAsJSON();
+  }
+}
+
+/** Test hook (FASTPACA_TEST_HOOKS=1 only): the thread throws on its next turn, as a bug would. */
+export function crashSoon(testHooks: boolean, log: Logger): null {
+  if (!testHooks) throw new FastpacaError('not_found', 'test hooks are off');
+  log.warn('crashing on request (test hook)');
+  setImmediate(() => {
+    throw new Error('worker crash requested by a test');
+  });
+  return null;
 }

@@ -5,17 +5,14 @@
  * state is in LMDB and its Raft log, which it reloads on every start: the supervisor can restart
  * it after a crash without losing anything acknowledged (to its peers, a node that restarted).
  */
-import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
-import { metrics, registry, setMetricsThread } from '../../runtime/metrics.js';
-import { workerEndpoint } from '../../runtime/worker-endpoint.js';
+import { metrics, setMetricsThread } from '../../runtime/metrics.js';
+import { WorkerAccounting, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
 import { ClusterGroups } from './cluster-groups.js';
 import type { ClusterWorkerData, ToClusterWorker } from './group-protocol.js';
 
 let groups: ClusterGroups | undefined;
-let busyMs = 0;
-let reportedMessages = 0;
-
+const accounting = new WorkerAccounting();
 const endpoint = workerEndpoint<ClusterWorkerData, never, unknown, ToClusterWorker, unknown>(handle, {
   timeoutMs: 30_000,
   inflightMax: 100_000,
@@ -27,12 +24,7 @@ setMetricsThread('cluster');
 const log = createLogger(config.logLevel, { node_id: config.nodeId, thread: 'cluster' });
 
 function handle(call: ToClusterWorker): unknown {
-  const started = performance.now();
-  try {
-    return dispatch(call);
-  } finally {
-    busyMs += performance.now() - started;
-  }
+  return accounting.timed(() => dispatch(call));
 }
 
 function dispatch(call: ToClusterWorker): unknown {
@@ -51,18 +43,9 @@ function dispatch(call: ToClusterWorker): unknown {
     case 'replace':
       return g.replaceNode(call.node);
     case 'metrics':
-      metrics.actorBusySeconds.inc(busyMs / 1000);
-      busyMs = 0;
-      metrics.actorMessages.inc(endpoint.rpc.mailbox.received - reportedMessages);
-      reportedMessages = endpoint.rpc.mailbox.received;
-      return registry.getMetricsAsJSON();
+      return accounting.report(endpoint.rpc.mailbox.received);
     case 'crash':
-      if (!config.testHooks) throw new FastpacaError('not_found', 'test hooks are off');
-      log.warn('crashing on request (test hook)');
-      setImmediate(() => {
-        throw new Error('cluster worker crash requested by a test');
-      });
-      return null;
+      return crashSoon(config.testHooks, log);
     case 'close':
       return g.close().then(() => null);
   }

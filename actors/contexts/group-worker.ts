@@ -8,14 +8,15 @@
 import { workerOf } from '../../runtime/actor.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
-import { metrics, registry, setMetricsThread } from '../../runtime/metrics.js';
-import { workerEndpoint } from '../../runtime/worker-endpoint.js';
+import { metrics, setMetricsThread } from '../../runtime/metrics.js';
+import { WorkerAccounting, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
 import type { FromGroupWorker, GroupWorkerData, ToGroupWorker } from './group-protocol.js';
 import { openHost, type OpenedHost } from './groups.js';
 import type { TokenCounter } from './prepare.js';
 
 let opened: OpenedHost | undefined;
 
+const accounting = new WorkerAccounting();
 const endpoint = workerEndpoint<GroupWorkerData, FromGroupWorker, unknown, ToGroupWorker, unknown>(handle, {
   timeoutMs: 30_000,
   inflightMax: 100_000,
@@ -36,14 +37,8 @@ function notHere(group: number): FastpacaError {
   return new FastpacaError('unavailable', `group ${group} is not hosted by worker ${index}; retry`, { retryAfterS: 1 });
 }
 
-let busyMs = 0;
 function handle(call: ToGroupWorker): unknown {
-  const started = performance.now();
-  try {
-    return dispatch(call);
-  } finally {
-    busyMs += performance.now() - started;
-  }
+  return accounting.timed(() => dispatch(call));
 }
 
 function dispatch(call: ToGroupWorker): unknown {
@@ -58,23 +53,12 @@ function dispatch(call: ToGroupWorker): unknown {
     case 'list':
       return host.read(call.req);
     case 'metrics':
-      metrics.actorBusySeconds.inc(busyMs / 1000);
-      busyMs = 0;
-      metrics.actorMessages.inc(endpoint.rpc.mailbox.received - reportedMessages);
-      reportedMessages = endpoint.rpc.mailbox.received;
-      return registry.getMetricsAsJSON();
+      return accounting.report(endpoint.rpc.mailbox.received);
     case 'crash':
-      if (!config.testHooks) throw new FastpacaError('not_found', 'test hooks are off');
-      log.warn('crashing on request (test hook)');
-      setImmediate(() => {
-        throw new Error('worker crash requested by a test');
-      });
-      return null;
+      return crashSoon(config.testHooks, log);
     case 'close':
       return opened!.close().then(() => null);
   }
 }
-let reportedMessages = 0;
-
 opened = await openHost(config, index, counter, log, owns);
 endpoint.ready();
