@@ -237,7 +237,16 @@ describe('Transport: peer authentication and admission', () => {
       expect(await sendRaw(b.port, Buffer.concat([hello, after]))).toBe(true);
     }
     expect(b.counts.rejected - before).toBe(3);
+    // Any proof a peer without the secret can make up, of any shape, is refused (fast-check).
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.uint8Array({ maxLength: 64 }), fc.jsonValue()), async (made) => {
+        const attempt = encodeFrame({ t: 'auth', proof: made instanceof Uint8Array ? Buffer.from(made) : made });
+        expect(await sendRaw(b.port, Buffer.concat([hello, attempt]))).toBe(true);
+      }),
+      { numRuns: 30 },
+    );
     expect(b.received).toEqual([]);
+    expect(b.transport.connected('a')).toBe(true);
   });
 
   it('admission sees the peer and its incarnation; a refused peer is told the reason, and nothing it sends is taken', async () => {
