@@ -340,8 +340,9 @@ export class Transport {
   /**
    * The handshake, then the peer's frames of messages. The dialing side sends its hello; the
    * accepting side answers with its own (and, with a secret, its proof over both nonces); the
-   * dialing side checks it and sends its proof. Each side admits the other (`admit`) before it
-   * answers; frames wait meanwhile. Any violation closes the socket and is counted; none throws.
+   * dialing side checks it and sends its proof. Each side admits the other (`admit`) only once
+   * the other has proved the secret (when there is one), and before it takes anything from it;
+   * frames wait meanwhile. Any violation closes the socket and is counted; none throws.
    */
   private handshake(socket: net.Socket, nonce: Buffer, dialed: Peer | undefined): void {
     const secret = this.opts.secret;
@@ -350,47 +351,47 @@ export class Transport {
     let stage: 'hello' | 'admitting' | 'auth' | 'open' | 'closed' = 'hello';
     let claimed: Peer | undefined = dialed;
     let theirNonce: Uint8Array | undefined;
+    let theirHello: Hello | undefined;
     let peer: Peer | undefined;
     const backlog: unknown[] = [];
     const timer = setTimeout(() => reject('no handshake in time'), this.limits.handshakeTimeoutMs);
     socket.once('close', () => clearTimeout(timer));
-    const reject = (why: string) => {
+    /** Closes the connection; `quiet` for a refusal logged elsewhere (a refused peer redials every few seconds). */
+    const reject = (why: string, quiet = false, farewell?: Buffer) => {
       clearTimeout(timer);
       if (stage === 'closed' || socket.destroyed) return;
       stage = 'closed';
       this.opts.counters?.rejected();
-      this.opts.log.warn('closing a cluster connection', { reason: why, remote: `${socket.remoteAddress}:${socket.remotePort}`, peer: (peer ?? claimed)?.id });
-      socket.destroy();
+      this.opts.log[quiet ? 'debug' : 'warn']('closing a cluster connection', { reason: why, remote: `${socket.remoteAddress}:${socket.remotePort}`, peer: (peer ?? claimed)?.id });
+      if (farewell === undefined) return void socket.destroy();
+      // Ended, not destroyed: the farewell must reach the peer before the close does.
+      socket.end(farewell);
+      setTimeout(() => socket.destroy(), 1_000).unref();
     };
     /** Tells the peer why before closing: a node refused at the handshake can say so in its log. */
-    const refuse = (why: string) => {
-      if (stage === 'closed' || socket.destroyed) return;
-      socket.write(encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
-      reject(why);
-    };
+    const refuse = (why: string) => reject(why, true, encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
     /** The peer will not talk to this node (it answers a hello, or this node's hello, so). */
     const refused = (p: Peer, value: Refused) => {
       const reason = value.reason.slice(0, ReasonCharsMax);
       if (p.lastRefusal !== reason) this.opts.log.error('a peer refused this node', { peer: p.id, reason });
       p.lastRefusal = reason;
       this.opts.onRefused?.(p.id, reason);
-      reject(`refused by ${p.id}: ${reason}`);
+      reject(`refused by ${p.id}: ${reason}`, true);
     };
     const admit = (hello: Hello, then: () => void) => {
       stage = 'admitting';
       socket.pause();
       Promise.resolve()
         .then(() => this.opts.admit?.(hello.node, { node: hello.node, incarnation: hello.incarnation }))
-        .then(
-          (refusal) => {
-            if (stage === 'closed' || socket.destroyed || this.closed) return;
-            if (refusal !== undefined) return refuse(refusal);
-            then();
-            socket.resume();
-            pump();
-          },
-          (err: unknown) => reject(`could not admit the peer: ${String((err as Error)?.message ?? err)}`),
-        );
+        .then((refusal) => {
+          if (stage === 'closed' || socket.destroyed || this.closed) return;
+          if (refusal !== undefined) return refuse(refusal);
+          then();
+          socket.resume();
+          pump();
+        })
+        // The admit hook failing, or a bug in what follows it, costs this connection only.
+        .catch((err: unknown) => reject(`could not admit the peer: ${String((err as Error)?.message ?? err)}`));
     };
     const open = (p: Peer) => {
       clearTimeout(timer);
@@ -415,23 +416,34 @@ export class Transport {
         return refuse(secret ? `${hello.node} has no cluster secret, and ${this.opts.nodeId} requires one: set the same FASTPACA_CLUSTER_SECRET on every node` : `${hello.node} requires a cluster secret, and ${this.opts.nodeId} has none: set the same FASTPACA_CLUSTER_SECRET on every node`);
       }
       theirNonce = Buffer.from(hello.nonce); // a copy: the decoded value may be a view of the read buffer
+      theirHello = hello;
       const peerNode = claimed!;
+      const own = this.opts.incarnation ?? '';
       if (dialed !== undefined) {
         // The accepting side proves itself first, answering this side's nonce.
-        if (secret && !proofHolds(hello.proof, proof(secret, 'accept', this.opts.clusterId, peerNode.id, this.opts.nodeId, nonce, theirNonce))) {
+        if (secret && !proofHolds(hello.proof, proof(secret, 'accept', this.opts.clusterId, peerNode.id, this.opts.nodeId, nonce, theirNonce, hello.incarnation ?? ''))) {
           return reject(`${peerNode.id} did not prove the cluster secret: FASTPACA_CLUSTER_SECRET differs between the nodes`);
         }
         return admit(hello, () => {
-          if (secret) socket.write(encodeFrame({ t: 'auth', proof: proof(secret, 'dial', this.opts.clusterId, this.opts.nodeId, peerNode.id, nonce, theirNonce!) } satisfies Auth));
+          if (secret) socket.write(encodeFrame({ t: 'auth', proof: proof(secret, 'dial', this.opts.clusterId, this.opts.nodeId, peerNode.id, nonce, theirNonce!, own) } satisfies Auth));
           open(peerNode);
         });
       }
+      const answer = () => {
+        const mine = this.hello(nonce);
+        if (secret) mine.proof = proof(secret, 'accept', this.opts.clusterId, this.opts.nodeId, peerNode.id, theirNonce!, nonce, own);
+        socket.write(encodeFrame(mine));
+      };
+      // With a secret, the dialing side is admitted only once it has proved it (onAuth): a
+      // stranger must not get its word about a node's incarnation recorded.
+      if (secret) {
+        answer();
+        stage = 'auth';
+        return;
+      }
       admit(hello, () => {
-        const answer = this.hello(nonce);
-        if (secret) answer.proof = proof(secret, 'accept', this.opts.clusterId, this.opts.nodeId, peerNode.id, theirNonce!, nonce);
-        socket.write(encodeFrame(answer));
-        if (secret) stage = 'auth';
-        else open(peerNode);
+        answer();
+        open(peerNode);
       });
     };
     const onAuth = (value: unknown) => {
@@ -439,10 +451,10 @@ export class Transport {
       if (isRefused(value)) return refused(p, value);
       const auth = value as Partial<Auth> | null;
       if (typeof auth !== 'object' || auth === null || auth.t !== 'auth') return reject(`${p.id} sent no proof of the cluster secret`);
-      if (!proofHolds(auth.proof, proof(secret!, 'dial', this.opts.clusterId, p.id, this.opts.nodeId, theirNonce!, nonce))) {
+      if (!proofHolds(auth.proof, proof(secret!, 'dial', this.opts.clusterId, p.id, this.opts.nodeId, theirNonce!, nonce, theirHello!.incarnation ?? ''))) {
         return reject(`${p.id} did not prove the cluster secret: FASTPACA_CLUSTER_SECRET differs between the nodes`);
       }
-      open(p);
+      admit(theirHello!, () => open(p));
     };
     const deliver = (p: Peer, value: unknown) => {
       if (!Array.isArray(value)) return isRefused(value) ? refused(p, value) : reject('a frame after the handshake is not a list of messages');
@@ -531,12 +543,13 @@ function isRefused(value: unknown): value is Refused {
 
 /**
  * `prover`'s proof to `verifier` that it holds the cluster secret, bound to this connection by
- * both nonces (dialing side's first) and to its direction by `label`, so that it can be neither
- * replayed on another connection nor reflected back.
+ * both nonces (dialing side's first), to its direction by `label`, and to the incarnation the
+ * prover's hello said, so that it can be neither replayed on another connection nor reflected
+ * back, and the incarnation not swapped.
  */
-function proof(secret: Buffer, label: 'accept' | 'dial', cluster: string, prover: string, verifier: string, dialerNonce: Uint8Array, acceptorNonce: Uint8Array): Buffer {
+function proof(secret: Buffer, label: 'accept' | 'dial', cluster: string, prover: string, verifier: string, dialerNonce: Uint8Array, acceptorNonce: Uint8Array, proverIncarnation: string): Buffer {
   return createHmac('sha256', secret)
-    .update(packMessage(['fastpaca-cluster-proof', label, cluster, prover, verifier, dialerNonce, acceptorNonce]))
+    .update(packMessage(['fastpaca-cluster-proof', ProtocolVersion, label, cluster, prover, verifier, dialerNonce, acceptorNonce, proverIncarnation]))
     .digest();
 }
 

@@ -227,9 +227,11 @@ describe('Transport: peer authentication and admission', () => {
   });
 
   it('a peer that knows the protocol but not the secret gets nothing through', async () => {
-    const { b } = await pair({ secret }, { secret });
+    const admitted: PeerHello[] = [];
+    const { b } = await pair({ secret }, { secret, admit: (_, hello) => void admitted.push(hello) });
     await until(() => b.transport.connected('a'));
-    const hello = encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, nonce: Buffer.alloc(16, 7), auth: true });
+    // A stranger's word about a node's incarnation never reaches admission: only a proven peer's does.
+    const hello = encodeFrame({ t: 'hello', cluster: Cluster, node: 'a', version: ProtocolVersion, nonce: Buffer.alloc(16, 7), auth: true, incarnation: 'forged' });
     const forged = encodeFrame({ t: 'auth', proof: Buffer.alloc(32, 1) });
     const before = b.counts.rejected;
     // A wrong proof; no proof, messages straight away; a proof that is not bytes.
@@ -247,6 +249,7 @@ describe('Transport: peer authentication and admission', () => {
     );
     expect(b.received).toEqual([]);
     expect(b.transport.connected('a')).toBe(true);
+    expect(admitted.map((h) => h.incarnation)).not.toContain('forged');
   });
 
   it('admission sees the peer and its incarnation; a refused peer is told the reason, and nothing it sends is taken', async () => {
