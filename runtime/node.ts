@@ -1,6 +1,6 @@
 import { ClusterGroups } from '../actors/contexts/cluster-groups.js';
 import { ClusterOnWorker } from '../actors/contexts/cluster-on-worker.js';
-import { LocalGroups, type Groups } from '../actors/contexts/groups.js';
+import { LocalGroups, OpeningGroups, type Groups } from '../actors/contexts/groups.js';
 import { WorkerGroups } from '../actors/contexts/worker-groups.js';
 import { createGateway } from '../gateway/server.js';
 import type { Config } from './config.js';
@@ -15,8 +15,9 @@ export interface RunningNode {
 const DrainMs = 10_000;
 
 /**
- * Starts one node: storage first, then the groups, then the gateway. Shutdown runs the other
- * way: stop accepting, answer what is in flight, make every queued write durable, close.
+ * Starts one node: storage first, then the groups, then the gateway (a cluster node's gateway
+ * first, answering 503 until its groups have joined). Shutdown runs the other way: stop
+ * accepting, answer what is in flight, make every queued write durable, close.
  */
 export async function startNode(config: Config, log: Logger): Promise<RunningNode> {
   // A worker that cannot start again leaves its groups without a host: let the orchestrator
@@ -25,16 +26,27 @@ export async function startNode(config: Config, log: Logger): Promise<RunningNod
     log.error('a worker cannot be restarted; exiting', { err });
     process.exit(1);
   };
-  const groups: Groups =
-    config.peers !== undefined
-      ? config.workers === 0
-        ? await ClusterGroups.open(config, log)
-        : await ClusterOnWorker.open(config, log, fatal)
-      : config.workers === 0
-      ? await LocalGroups.open(config, log)
-      : await WorkerGroups.open(config, log, fatal);
-  const gateway = createGateway(config, groups, log);
-  const port = await gateway.listen();
+  let groups: Groups;
+  let gateway: ReturnType<typeof createGateway>;
+  let port: number;
+  if (config.peers !== undefined) {
+    // A cluster node serves HTTP while it joins (live, not ready): joining waits for a majority
+    // of its peers, and a node its peers refuse waits for an operator, not for a restart.
+    const opening = new OpeningGroups(config.groups);
+    gateway = createGateway(config, opening, log);
+    port = await gateway.listen();
+    try {
+      groups = config.workers === 0 ? await ClusterGroups.open(config, log) : await ClusterOnWorker.open(config, log, fatal);
+    } catch (err) {
+      gateway.close();
+      throw err;
+    }
+    opening.opened(groups);
+  } else {
+    groups = config.workers === 0 ? await LocalGroups.open(config, log) : await WorkerGroups.open(config, log, fatal);
+    gateway = createGateway(config, groups, log);
+    port = await gateway.listen();
+  }
   log.info('node started', { node_id: config.nodeId, host: config.host, port, data_dir: config.dataDir, groups: config.groups, workers: config.peers ? Math.min(1, config.workers) : config.workers, cluster: config.peers ? config.peers.map((p) => p.id) : undefined });
 
   let stopping: Promise<void> | undefined;

@@ -39,6 +39,8 @@ const ForwardedMax = 50_000;
 /** The coordinator looks at every group this often, with this many groups at a time. */
 const CoordinateEveryMs = 1_000;
 const CoordinatorConcurrency = 16;
+/** The last step of a replacement (every node forgets the old copy: one file write each) gets this long. */
+const ForgetBudgetMs = 10_000;
 
 /** Requests for one group's leader: write, read, membership change, leadership transfer, status. */
 type GroupOp = 'w' | 'q' | 'c' | 't' | 'g';
@@ -331,8 +333,7 @@ export class ClusterGroups implements Groups {
     return this.hints.get(group);
   }
 
-  private async route(group: number, t: GroupOp, req: unknown): Promise<unknown> {
-    const deadline = performance.now() + this.config.requestTimeoutMs;
+  private async route(group: number, t: GroupOp, req: unknown, deadline = performance.now() + this.config.requestTimeoutMs): Promise<unknown> {
     let target = this.leaderNode(group);
     let tried = 0;
     for (let hop = 0; hop < HopsMax; hop++) {
@@ -593,10 +594,21 @@ export class ClusterGroups implements Groups {
     if (down.length > 0) throw new FastpacaError('unavailable', `every other node must be up to replace one, and ${down.join(', ')} cannot be reached`, { retryAfterS: 5 });
     if (this.replacing !== undefined) throw new FastpacaError('conflict', `node ${this.replacing} is being replaced; one at a time`);
     this.replacing = id;
-    // Within the request's deadline (the caller runs it again: it is idempotent).
-    const deadline = performance.now() + this.config.requestTimeoutMs;
+    // Within the request's deadline, the forget step with a budget of its own (the caller runs
+    // it all again if it fails: it is idempotent).
+    const deadline = performance.now() + Math.max(5_000, this.config.requestTimeoutMs - ForgetBudgetMs - 1_000);
     const raftId = raftIdOf(id);
+    const views = async (): Promise<ClusterView[]> => {
+      const ms = Math.max(1, Math.floor(deadline - performance.now()));
+      return [this.cluster(), ...(await Promise.all(others.map((n) => this.call(n, { t: 's', id: 0, ms }, ms) as Promise<ClusterView>)))];
+    };
     try {
+      // Lost to every node, not only to this one: a node that some other node still reaches is alive.
+      const first = await views();
+      const reaching = first.filter((v) => v.nodes.some((n) => n.id === id && n.connected));
+      if (reaching.length > 0) throw new FastpacaError('conflict', `node ${id} is connected to ${reaching.map((v) => v.node).join(', ')}: it is alive, and is not replaced`);
+      // The copy being replaced, as the nodes that refuse it know it.
+      const old = this.incarnations.known(id) ?? first.map((v) => v.nodes.find((n) => n.id === id)?.incarnation).find((i) => typeof i === 'string');
       this.log.warn('replacing a node: removing it as a voter from every group', { node: id });
       let removed = 0;
       let next = 0;
@@ -608,16 +620,13 @@ export class ClusterGroups implements Groups {
       };
       await Promise.all(Array.from({ length: CoordinatorConcurrency }, worker));
       for (;;) {
-        const ms = Math.max(1, Math.floor(deadline - performance.now()));
-        const views = [this.cluster(), ...(await Promise.all(others.map((n) => this.call(n, { t: 's', id: 0, ms }, ms) as Promise<ClusterView>)))];
-        const counting = views.filter((v) => v.group_status.some((gs) => gs.voters.includes(id) && (gs.voters.includes(v.node) || gs.learners.includes(v.node))));
+        const counting = (await views()).filter((v) => v.group_status.some((gs) => gs.voters.includes(id) && (gs.voters.includes(v.node) || gs.learners.includes(v.node))));
         if (counting.length === 0) break;
         if (performance.now() > deadline) throw new FastpacaError('unavailable', `nodes ${counting.map((v) => v.node).join(', ')} still count ${id} as a voter; retry`, { retryAfterS: 5 });
         await pause(200);
       }
-      const ms = Math.max(1, Math.floor(deadline - performance.now()));
-      await Promise.all(others.map((n) => this.call(n, { t: 'x', id: 0, ms, node: id }, ms)));
-      this.forget(id);
+      await Promise.all(others.map((n) => this.call(n, { t: 'x', id: 0, ms: ForgetBudgetMs, node: id, ...(old === undefined ? {} : { old }) }, ForgetBudgetMs)));
+      this.forget(id, old);
       this.log.warn('replaced a node: it is taken as a new copy when it connects, and added back as a learner', { node: id, removed_from: removed });
       return { node: id, removed_from: removed, forgotten_by: [this.config.nodeId, ...others] };
     } finally {
@@ -630,7 +639,7 @@ export class ClusterGroups implements Groups {
     for (let attempt = 0; ; attempt++) {
       let st: GroupStatus | undefined;
       try {
-        st = (await this.route(g, 'g', {})) as GroupStatus;
+        st = (await this.route(g, 'g', {}, deadline)) as GroupStatus;
         if (!st.voters.includes(raftId)) return false;
       } catch {
         // No leader just now: the group elects one.
@@ -638,7 +647,7 @@ export class ClusterGroups implements Groups {
       if (st !== undefined) {
         if (st.leader === raftId) throw new FastpacaError('conflict', `node ${this.byRaftId.get(raftId)} leads group ${g}: it is alive, and is not replaced`);
         try {
-          await this.route(g, 'c', { op: ConfChangeOp.Remove, node: raftId } satisfies ConfChange);
+          await this.route(g, 'c', { op: ConfChangeOp.Remove, node: raftId } satisfies ConfChange, deadline);
           return true;
         } catch {
           // Another change of the group may be under way (the coordinator's): try again shortly.
@@ -649,14 +658,20 @@ export class ClusterGroups implements Groups {
     }
   }
 
-  /** Forgets `node`'s incarnation here, the last step of its replacement: its next connection is taken as a new copy. */
-  private forget(node: string): null {
+  /**
+   * Forgets `node`'s incarnation `old` here, the last step of its replacement: its next connection
+   * is taken as a new copy. Nothing to do when this node holds no incarnation of it, or another
+   * one than `old` (it forgot it before and took the new copy since: a replacement run again).
+   */
+  private forget(node: string, old: string | undefined): null {
     if (!this.nodes.some((n) => n.id === node) || node === this.config.nodeId) throw new FastpacaError('invalid_request', `${JSON.stringify(node)} is not a peer of this node`);
-    // Only a node that is away: forgetting a live copy would take whatever it says next as new.
-    if (this.transport.connected(node)) throw new FastpacaError('conflict', `node ${node} is connected: it is not forgotten`);
+    const known = this.incarnations.known(node);
+    if (known === undefined || (old !== undefined && known !== old)) return null;
+    // Only a copy that is away: forgetting a live one would take whatever it says next as new.
+    if (this.transport.connected(node)) throw new FastpacaError('conflict', `node ${node} is connected with the copy this node knows: it is not forgotten`);
     this.incarnations.forget(node);
     metrics.clusterReturnedPeers.set(this.incarnations.returned.size);
-    this.log.warn("forgot a peer's incarnation: its next connection is taken as a new copy", { peer: node });
+    this.log.warn("forgot a peer's incarnation: its next connection is taken as a new copy", { peer: node, incarnation: known });
     return null;
   }
 
@@ -681,7 +696,7 @@ export class ClusterGroups implements Groups {
         work = Promise.resolve(this.cluster());
         break;
       case 'x':
-        work = new Promise((resolve) => resolve(this.forget(f.node)));
+        work = new Promise((resolve) => resolve(this.forget(f.node, f.old)));
         break;
     }
     void work.then(

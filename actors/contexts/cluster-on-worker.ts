@@ -25,6 +25,8 @@ const fullToWorker = metrics.mailboxFull.labels('to_worker');
  */
 export class ClusterOnWorker implements Groups {
   private last: Readiness = { ready: false, reason: 'the cluster worker is starting' };
+  /** The worker's start the last word came from: a word from before a restart says nothing. */
+  private lastFrom = -1;
   private readonly poller: NodeJS.Timeout;
 
   private constructor(
@@ -71,7 +73,8 @@ export class ClusterOnWorker implements Groups {
 
   /** The worker's last word (at most ReadinessEveryMs old); not ready while it is restarting. */
   readiness(): Readiness {
-    return this.worker.up ? this.last : { ready: false, reason: 'the cluster worker is restarting' };
+    if (!this.worker.up) return { ready: false, reason: 'the cluster worker is restarting' };
+    return this.lastFrom === this.worker.restarts ? this.last : { ready: false, reason: 'the cluster worker has started again and is rejoining' };
   }
 
   cluster(): Promise<unknown> {
@@ -104,9 +107,16 @@ export class ClusterOnWorker implements Groups {
 
   private pollReadiness(): void {
     if (!this.worker.up) return;
+    const from = this.worker.restarts;
     (this.worker.call({ t: 'readiness' }) as Promise<Readiness>).then(
-      (r) => (this.last = r),
-      (err: unknown) => (this.last = { ready: false, reason: `the cluster worker did not answer: ${(err as Error).message}` }),
+      (r) => {
+        this.last = r;
+        this.lastFrom = from;
+      },
+      (err: unknown) => {
+        this.last = { ready: false, reason: `the cluster worker did not answer: ${(err as Error).message}` };
+        this.lastFrom = from;
+      },
     );
   }
 }

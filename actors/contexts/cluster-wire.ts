@@ -59,8 +59,8 @@ export type Forward =
   | { t: 'f'; id: number; ms: number }
   | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
   | { t: 's'; id: number; ms: number }
-  /** "Forget node `node`'s incarnation": the last step of replacing a node that lost its data. */
-  | { t: 'x'; id: number; ms: number; node: string };
+  /** "Forget node `node`'s incarnation `old`": the last step of replacing a node that lost its data. */
+  | { t: 'x'; id: number; ms: number; node: string; old?: string };
 
 /** The answer to a Forward, correlated by id. */
 export interface Answer {
@@ -178,7 +178,7 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
     case 's':
       return whole(v.id) && whole(v.ms) ? 's' : undefined;
     case 'x':
-      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 ? 'x' : undefined;
+      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 && (v.old === undefined || (typeof v.old === 'string' && v.old.length <= 64)) ? 'x' : undefined;
     case 'a':
       return whole(v.id) && (v.err === undefined || isObject(v.err)) ? 'a' : undefined;
     default:

@@ -1,6 +1,6 @@
 import { PoolTokenCounter } from '../tokenizer/pool.js';
 import type { Config } from '../../runtime/config.js';
-import { assert } from '../../runtime/errors.js';
+import { FastpacaError, assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { Logger } from '../../runtime/log.js';
 import type { ThreadMetrics } from '../../runtime/metrics.js';
@@ -39,6 +39,62 @@ export interface Groups {
   close(): Promise<void>;
 }
 
+
+/**
+ * A cluster node's groups while they open, which waits for a majority of its peers: the gateway
+ * serves from the start (live, not ready, every request 503 `unavailable`), so that an
+ * orchestrator does not kill a node that waits for its peers, or that its peers refuse.
+ */
+export class OpeningGroups implements Groups {
+  private target: Groups | undefined;
+
+  constructor(readonly count: number) {}
+
+  /** The groups are open: everything goes to them from now on. */
+  opened(target: Groups): void {
+    this.target = target;
+  }
+
+  write(group: number, req: WriteRequest): Promise<CommandResult> {
+    return this.target ? this.target.write(group, req) : Promise.reject(opening());
+  }
+
+  read(group: number, req: ReadRequest & { id: string }): Promise<QueryResult> {
+    return this.target ? this.target.read(group, req) : Promise.reject(opening());
+  }
+
+  list(req: Extract<ReadRequest, { q: 'list' }>): Promise<QueryResult> {
+    return this.target ? this.target.list(req) : Promise.reject(opening());
+  }
+
+  readiness(): Readiness {
+    return this.target?.readiness() ?? { ready: false, reason: 'joining the cluster: waiting for a majority of the peers (a peer that refuses this node says why in the log)' };
+  }
+
+  metrics(): Promise<ThreadMetrics[]> {
+    return this.target?.metrics() ?? Promise.resolve([]);
+  }
+
+  cluster(): unknown {
+    return this.target ? this.target.cluster?.() : Promise.reject(opening());
+  }
+
+  replaceNode(id: string): Promise<unknown> {
+    return this.target?.replaceNode ? this.target.replaceNode(id) : Promise.reject(opening());
+  }
+
+  crash(index: number): Promise<unknown> {
+    return this.target?.crash ? this.target.crash(index) : Promise.reject(opening());
+  }
+
+  close(): Promise<void> {
+    return this.target?.close() ?? Promise.resolve();
+  }
+}
+
+function opening(): FastpacaError {
+  return new FastpacaError('unavailable', 'this node is still joining its cluster; retry', { retryAfterS: 1 });
+}
 
 /** The host of a thread's groups over their storage, and how to close it all. */
 export interface OpenedHost {

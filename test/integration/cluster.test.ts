@@ -212,7 +212,8 @@ describe('a cluster of three node processes', () => {
     for (let k = 1; k <= 10; k++) for (const [j, id] of ids.entries()) await appendRetrying(() => c.url((k + j) % 3), id, text(`${id} ${k}`), `${id}-${k}`);
     await c.kill(2);
     fs.rmSync(c.nodes[2]!.dataDir, { recursive: true, force: true });
-    await c.startNode(2, { LOG_LEVEL: 'info' }, 'none');
+    // It serves HTTP while refused (live, so that an orchestrator does not restart it; not ready).
+    await c.startNode(2, { LOG_LEVEL: 'info' }, 'live');
     const until = Date.now() + 20_000;
     while (!(await c.view(0)).nodes.find((n) => n.id === 'n2')?.returned_with) {
       if (Date.now() > until) throw new Error(`n0 did not refuse the wiped n2: ${c.nodes[2]!.server!.output().slice(-2000)}`);
@@ -220,6 +221,10 @@ describe('a cluster of three node processes', () => {
     }
     for (let t = 0; t < 50 && !c.nodes[2]!.server!.output().includes('a peer refused this node'); t++) await new Promise((r) => setTimeout(r, 100));
     expect(c.nodes[2]!.server!.output()).toContain('/v1/cluster/nodes/n2/replace');
+    const unready = await call(c.url(2), 'GET', '/health/ready');
+    expect(unready.status).toBe(503);
+    expect(unready.body.reason).toContain('joining the cluster');
+    expect((await call(c.url(2), 'POST', '/v1/contexts/wiped-0/messages', text('refused'))).status).toBe(503);
     // The two others keep every group writable meanwhile.
     for (let k = 11; k <= 15; k++) for (const [j, id] of ids.entries()) await appendRetrying(() => c.url((k + j) % 2), id, text(`${id} ${k}`), `${id}-${k}`);
     expect((await call(c.url(0), 'POST', '/v1/cluster/nodes/nobody/replace')).status).toBe(404);

@@ -80,8 +80,8 @@ export class TestCluster {
     return cluster;
   }
 
-  /** Starts node i (again), with its data directory; resolves once it is ready (or only live, or at once: none). */
-  async startNode(i: number, env: Record<string, string> = {}, waitFor: 'ready' | 'live' | 'none' = 'ready'): Promise<TestServer> {
+  /** Starts node i (again), with its data directory; resolves once it is ready (or only live). */
+  async startNode(i: number, env: Record<string, string> = {}, waitFor: 'ready' | 'live' = 'ready'): Promise<TestServer> {
     const node = this.nodes[i]!;
     node.server = await startServer({
       dataDir: node.dataDir,

@@ -55,7 +55,7 @@ process.on('exit', () => {
 });
 
 /** Starts `fastpaca serve` as a real process on a free port and waits until it is ready. */
-export async function startServer(opts: { dataDir?: string; env?: Record<string, string>; waitFor?: 'ready' | 'live' | 'none' } = {}): Promise<TestServer> {
+export async function startServer(opts: { dataDir?: string; env?: Record<string, string>; waitFor?: 'ready' | 'live' } = {}): Promise<TestServer> {
   const port = await freePort();
   const dataDir = opts.dataDir ?? tempDir();
   const child = spawn(process.execPath, [cli, 'serve'], {
@@ -74,7 +74,7 @@ export async function startServer(opts: { dataDir?: string; env?: Record<string,
   );
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 20_000;
-  for (; opts.waitFor !== 'none'; ) {
+  for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${out}`);
     try {
       const r = await fetch(`${url}/health/${opts.waitFor ?? 'ready'}`);
