@@ -77,10 +77,23 @@ export class Incarnations {
       return undefined;
     }
     this.returned.set(peer, incarnation);
+    return this.returnedReason(self, peer, incarnation, `${self} knew ${known}`);
+  }
+
+  private returnedReason(self: string, peer: string, incarnation: string, knew: string): string {
     return (
-      `${peer} came back with a new data directory (incarnation ${incarnation}; ${self} knew ${known}): it lost its Raft state, ` +
-      `so it must not vote or acknowledge under the same id again. Replace it from a healthy node: POST /v1/cluster/nodes/${peer}/replace`
+      `${peer} came back with a new data directory (incarnation ${incarnation}; ${knew}): it lost its Raft state, ` +
+      `so it must not vote or acknowledge under the same id again (${self} refuses it). Replace it from a healthy node: POST /v1/cluster/nodes/${peer}/replace`
     );
+  }
+
+  /**
+   * Refuses `peer`, met here for the first time as `incarnation`, because node `by` knows it as
+   * `knownThere`: it is the copy `by` knew, come back with a new directory.
+   */
+  refuse(self: string, peer: string, incarnation: string, knownThere: string, by: string): string {
+    this.returned.set(peer, incarnation);
+    return this.returnedReason(self, peer, incarnation, `${by} knew ${knownThere}`);
   }
 
   /** Forgets `peer`'s incarnation (durably): the next one it comes with is taken as new. */

@@ -119,6 +119,8 @@ export class ClusterGroups implements Groups {
     private readonly incarnations: Incarnations,
     /** Peers that refused this node, and why. */
     private readonly refusedBy: Map<string, string>,
+    /** Still answers its own questions (which copy of a node a peer knows). */
+    private readonly early: EarlyPeers,
   ) {
     this.nodes = config.peers!;
     for (const n of this.nodes) this.byRaftId.set(raftIdOf(n.id), n.id);
@@ -147,8 +149,8 @@ export class ClusterGroups implements Groups {
     let self: ClusterGroups | undefined;
     // Known before any peer can ask: a member says so even while it is still opening its storage.
     const membership = await ReplicaHost.membership(config);
-    const early = new EarlyPeers(membership?.founders);
     const incarnations = Incarnations.open(config.dataDir);
+    const early = new EarlyPeers(membership?.founders, incarnations);
     const refusedBy = new Map<string, string>();
     const transport = new Transport({
       clusterId: config.clusterId,
@@ -164,9 +166,18 @@ export class ClusterGroups implements Groups {
       log,
       secret: config.clusterSecret === undefined ? undefined : Buffer.from(config.clusterSecret, 'utf8'),
       incarnation: incarnations.own,
-      admit: (peer, hello) => {
+      admit: async (peer, hello) => {
         const before = incarnations.returned.get(peer);
-        const refusal = incarnations.admit(config.nodeId, peer, hello.incarnation);
+        let refusal: string | undefined;
+        if (hello.incarnation !== undefined && incarnations.known(peer) === undefined) {
+          // Never met: a peer that did meet it may know another copy (this node joined, or was
+          // itself replaced, after that copy was last here). Ask the connected ones first.
+          const others = peers.filter((p) => p.id !== config.nodeId && p.id !== peer && transport.connected(p.id)).map((p) => p.id);
+          const said = await Promise.all(others.map((o) => early.knownBy(transport, o, peer)));
+          const at = said.findIndex((i) => typeof i === 'string' && i !== hello.incarnation);
+          if (at >= 0) refusal = incarnations.refuse(config.nodeId, peer, hello.incarnation, said[at]!, others[at]!);
+        }
+        refusal ??= incarnations.admit(config.nodeId, peer, hello.incarnation);
         metrics.clusterReturnedPeers.set(incarnations.returned.size);
         if (refusal !== undefined && incarnations.returned.get(peer) !== before) log.error('refusing a peer', { peer, reason: refusal });
         return refusal;
@@ -211,7 +222,7 @@ export class ClusterGroups implements Groups {
       await counter.close();
       throw err;
     }
-    self = new ClusterGroups(config, log, host, transport, counter, placement, incarnations, refusedBy);
+    self = new ClusterGroups(config, log, host, transport, counter, placement, incarnations, refusedBy, early);
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
   }
@@ -475,7 +486,8 @@ export class ClusterGroups implements Groups {
       }
       case 'a': {
         const o = this.outstanding.get(msg.id);
-        if (o === undefined || o.peer !== from) return; // late: the caller has moved on
+        if (o === undefined) return this.early.answered(from, msg);
+        if (o.peer !== from) return; // late: the caller has moved on
         this.outstanding.delete(msg.id);
         if (msg.err === undefined) return o.resolve(msg.ok);
         return o.reject(fromWire(msg.err));
@@ -625,8 +637,12 @@ export class ClusterGroups implements Groups {
         if (performance.now() > deadline) throw new FastpacaError('unavailable', `nodes ${counting.map((v) => v.node).join(', ')} still count ${id} as a voter; retry`, { retryAfterS: 5 });
         await pause(200);
       }
-      await Promise.all(others.map((n) => this.call(n, { t: 'x', id: 0, ms: ForgetBudgetMs, node: id, ...(old === undefined ? {} : { old }) }, ForgetBudgetMs)));
-      this.forget(id, old);
+      // All at once, this node too: a node that has forgotten, asked by the new copy which copy
+      // the others know, would otherwise hear the old one from a node that has not forgotten yet.
+      await Promise.all([
+        ...others.map((n) => this.call(n, { t: 'x', id: 0, ms: ForgetBudgetMs, node: id, ...(old === undefined ? {} : { old }) }, ForgetBudgetMs)),
+        Promise.resolve().then(() => this.forget(id, old)),
+      ]);
       this.log.warn('replaced a node: it is taken as a new copy when it connects, and added back as a learner', { node: id, removed_from: removed });
       return { node: id, removed_from: removed, forgotten_by: [this.config.nodeId, ...others] };
     } finally {
@@ -698,6 +714,9 @@ export class ClusterGroups implements Groups {
       case 'x':
         work = new Promise((resolve) => resolve(this.forget(f.node, f.old)));
         break;
+      case 'i':
+        work = Promise.resolve(this.incarnations.known(f.node) ?? null);
+        break;
     }
     void work.then(
       (ok) => this.transport.send(from, { t: 'a', id: f.id, ok } satisfies Answer),
@@ -738,22 +757,56 @@ export function nextMembershipStep(st: GroupStatus, desired: readonly number[]):
  * and a forwarded request's caller times out and retries.
  */
 class EarlyPeers {
-  private readonly waiting = new Map<number, { peer: string; asked: number; answer: (founders: string[] | null) => void }>();
+  private readonly waiting = new Map<number, { peer: string; asked: number; answer: (ok: unknown) => void }>();
   /** Far from ClusterGroups' call ids, so a late answer to a question never matches a call. */
   private nextId = 2 ** 40;
 
-  constructor(private readonly founders: string[] | undefined) {}
+  constructor(
+    private readonly founders: string[] | undefined,
+    private readonly incarnations: Incarnations,
+  ) {}
 
   receive(from: string, message: unknown, transport: Transport): void {
     const kind = peerMessageKind(message);
     if (kind === 'f') return void transport.send(from, { t: 'a', id: (message as Forward).id, ok: this.founders ?? null } satisfies Answer);
+    if (kind === 'i') return void transport.send(from, { t: 'a', id: (message as Forward).id, ok: this.incarnations.known((message as Extract<Forward, { t: 'i' }>).node) ?? null } satisfies Answer);
     if (kind !== 'a') return void metrics.clusterDropped.inc();
-    const a = message as Answer;
+    this.answered(from, message as Answer);
+  }
+
+  /** An answer to one of this class's questions (ClusterGroups hands on the answers it did not ask for). */
+  answered(from: string, a: Answer): void {
     const w = this.waiting.get(a.id);
     if (w === undefined || w.peer !== from) return;
     this.waiting.delete(a.id);
-    const ok = a.ok;
-    w.answer(Array.isArray(ok) && ok.length > 0 && ok.every((x) => typeof x === 'string') ? (ok as string[]) : null);
+    w.answer(a.ok);
+  }
+
+  /**
+   * The incarnation of `node` that `peer` knows (null: none), or undefined if it did not answer
+   * within a second: a node admitting a peer it has never met asks the others first.
+   */
+  knownBy(transport: Transport, peer: string, node: string): Promise<string | null | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        resolve(undefined);
+      }, 1_000);
+      this.waiting.set(id, {
+        peer,
+        asked: Date.now(),
+        answer: (ok) => {
+          clearTimeout(timer);
+          resolve(typeof ok === 'string' ? ok : ok === null ? null : undefined);
+        },
+      });
+      if (!transport.send(peer, { t: 'i', id, ms: 1_000, node })) {
+        clearTimeout(timer);
+        this.waiting.delete(id);
+        resolve(undefined);
+      }
+    });
   }
 
   /**
@@ -773,7 +826,7 @@ class EarlyPeers {
       for (const peer of peers) {
         if (said.has(peer) || asking.has(peer) || !transport.connected(peer)) continue;
         const id = this.nextId++;
-        this.waiting.set(id, { peer, asked: now, answer: (founders) => said.set(peer, founders) });
+        this.waiting.set(id, { peer, asked: now, answer: (ok) => said.set(peer, Array.isArray(ok) && ok.length > 0 && ok.every((x) => typeof x === 'string') ? (ok as string[]) : null) });
         transport.send(peer, { t: 'f', id, ms: 1_000 });
       }
       await pause(100);

@@ -60,7 +60,9 @@ export type Forward =
   | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
   | { t: 's'; id: number; ms: number }
   /** "Forget node `node`'s incarnation `old`": the last step of replacing a node that lost its data. */
-  | { t: 'x'; id: number; ms: number; node: string; old?: string };
+  | { t: 'x'; id: number; ms: number; node: string; old?: string }
+  /** "Which copy of node `node` do you know?" (a node admitting a peer it never met asks the others). */
+  | { t: 'i'; id: number; ms: number; node: string };
 
 /** The answer to a Forward, correlated by id. */
 export interface Answer {
@@ -177,6 +179,8 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
       return whole(v.id) && whole(v.ms) && isObject(v.req) ? 'l' : undefined;
     case 's':
       return whole(v.id) && whole(v.ms) ? 's' : undefined;
+    case 'i':
+      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 ? 'i' : undefined;
     case 'x':
       return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 && (v.old === undefined || (typeof v.old === 'string' && v.old.length <= 64)) ? 'x' : undefined;
     case 'a':

@@ -3,6 +3,7 @@
  * of three replicas over the TCP transport.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { groupOf } from '../../runtime/hash.js';
 import { TestCluster, assertReplicasIdentical } from '../support/cluster.js';
@@ -212,11 +213,23 @@ describe('a cluster of three node processes', () => {
     for (let k = 1; k <= 10; k++) for (const [j, id] of ids.entries()) await appendRetrying(() => c.url((k + j) % 3), id, text(`${id} ${k}`), `${id}-${k}`);
     await c.kill(2);
     fs.rmSync(c.nodes[2]!.dataDir, { recursive: true, force: true });
+    // n1 forgets it ever met n2 (as if n1 had been replaced since): it must learn the old copy from n0.
+    await c.stop(1);
+    const file = path.join(c.nodes[1]!.dataDir, 'cluster.json');
+    const stored = JSON.parse(fs.readFileSync(file, 'utf8')) as { peers: Record<string, string> };
+    expect(stored.peers.n2).toBeDefined();
+    delete stored.peers.n2;
+    fs.writeFileSync(file, JSON.stringify(stored));
+    await c.startNode(1);
     // It serves HTTP while refused (live, so that an orchestrator does not restart it; not ready).
     await c.startNode(2, { LOG_LEVEL: 'info' }, 'live');
     const until = Date.now() + 20_000;
-    while (!(await c.view(0)).nodes.find((n) => n.id === 'n2')?.returned_with) {
-      if (Date.now() > until) throw new Error(`n0 did not refuse the wiped n2: ${c.nodes[2]!.server!.output().slice(-2000)}`);
+    const refusedBoth = async () => {
+      for (const i of [0, 1]) if (!(await c.view(i)).nodes.find((n) => n.id === 'n2')?.returned_with) return false;
+      return true;
+    };
+    while (!(await refusedBoth())) {
+      if (Date.now() > until) throw new Error(`n0 and n1 did not both refuse the wiped n2: ${c.nodes[2]!.server!.output().slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
     for (let t = 0; t < 50 && !c.nodes[2]!.server!.output().includes('a peer refused this node'); t++) await new Promise((r) => setTimeout(r, 100));
