@@ -74,6 +74,7 @@ export class Incarnations {
     if (known === undefined) {
       if (Object.keys(this.stored.peers).length >= PeersMax) return `${self} already remembers ${PeersMax} peers`;
       this.save({ ...this.stored.peers, [peer]: incarnation });
+      this.returned.delete(peer);
       return undefined;
     }
     this.returned.set(peer, incarnation);

@@ -369,7 +369,7 @@ export class Transport {
       setTimeout(() => socket.destroy(), 1_000).unref();
     };
     /** Tells the peer why before closing: a node refused at the handshake can say so in its log. */
-    const refuse = (why: string) => reject(why, true, encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
+    const refuse = (why: string, quiet = false) => reject(why, quiet, encodeFrame({ t: 'refused', reason: why.slice(0, ReasonCharsMax) } satisfies Refused));
     /** The peer will not talk to this node (it answers a hello, or this node's hello, so). */
     const refused = (p: Peer, value: Refused) => {
       const reason = value.reason.slice(0, ReasonCharsMax);
@@ -385,7 +385,8 @@ export class Transport {
         .then(() => this.opts.admit?.(hello.node, { node: hello.node, incarnation: hello.incarnation }))
         .then((refusal) => {
           if (stage === 'closed' || socket.destroyed || this.closed) return;
-          if (refusal !== undefined) return refuse(refusal);
+          // The admit hook's owner logs its refusals (once, not at every redial).
+          if (refusal !== undefined) return refuse(refusal, true);
           then();
           socket.resume();
           pump();
@@ -459,7 +460,10 @@ export class Transport {
     const deliver = (p: Peer, value: unknown) => {
       if (!Array.isArray(value)) return isRefused(value) ? refused(p, value) : reject('a frame after the handshake is not a list of messages');
       p.lastReceivedAt = performance.now();
+      // A connection that carries frames is a good one: the next redial starts from the first delay.
+      // (Not at the handshake: a side that opens before the other admits it may still be refused.)
       p.lastRefusal = undefined;
+      p.reconnectDelayMs = this.limits.reconnectDelayFirstMs;
       this.opts.counters?.framesReceived(1);
       for (const message of value) {
         try {
@@ -498,7 +502,6 @@ export class Transport {
     if (peer.socket !== undefined && peer.socket !== socket) peer.socket.destroy();
     if (peer.dialing === socket) peer.dialing = undefined;
     peer.socket = socket;
-    peer.reconnectDelayMs = this.limits.reconnectDelayFirstMs;
     peer.lastReceivedAt = performance.now();
     peer.lastSentAt = performance.now();
     socket.on('drain', () => this.flush(peer));

@@ -39,8 +39,8 @@ const ForwardedMax = 50_000;
 /** The coordinator looks at every group this often, with this many groups at a time. */
 const CoordinateEveryMs = 1_000;
 const CoordinatorConcurrency = 16;
-/** The last step of a replacement (every node forgets the old copy: one file write each) gets this long. */
-const ForgetBudgetMs = 10_000;
+/** The last step of a replacement (every node forgets the old copy: one file write each) gets at most this long. */
+const ForgetBudgetMaxMs = 10_000;
 
 /** Requests for one group's leader: write, read, membership change, leadership transfer, status. */
 type GroupOp = 'w' | 'q' | 'c' | 't' | 'g';
@@ -151,8 +151,10 @@ export class ClusterGroups implements Groups {
     const membership = await ReplicaHost.membership(config);
     const incarnations = Incarnations.open(config.dataDir);
     const early = new EarlyPeers(membership?.founders, incarnations);
+    /** Whether this directory belongs to the cluster (until then nodes meet as they found it). */
+    let joined = membership !== undefined;
     const refusedBy = new Map<string, string>();
-    const transport = new Transport({
+    const transport: Transport = new Transport({
       clusterId: config.clusterId,
       nodeId: config.nodeId,
       listen: { host: config.host, port: config.clusterPort },
@@ -166,16 +168,27 @@ export class ClusterGroups implements Groups {
       log,
       secret: config.clusterSecret === undefined ? undefined : Buffer.from(config.clusterSecret, 'utf8'),
       incarnation: incarnations.own,
-      admit: async (peer, hello) => {
+      admit: async (peer, hello): Promise<string | undefined> => {
         const before = incarnations.returned.get(peer);
         let refusal: string | undefined;
         if (hello.incarnation !== undefined && incarnations.known(peer) === undefined) {
-          // Never met: a peer that did meet it may know another copy (this node joined, or was
-          // itself replaced, after that copy was last here). Ask the connected ones first.
-          const others = peers.filter((p) => p.id !== config.nodeId && p.id !== peer && transport.connected(p.id)).map((p) => p.id);
-          const said = await Promise.all(others.map((o) => early.knownBy(transport, o, peer)));
+          // Never met: a node that did meet it may know another copy (this node joined, or was
+          // itself replaced, after that copy was last here). Ask the others first; once this
+          // node is a member, a majority of the nodes it has met must answer before a stranger
+          // is taken as new (the nodes it has met, so that a new node meeting its peers one by
+          // one needs only those it already reaches).
+          const others = peers.filter((p) => p.id !== config.nodeId && p.id !== peer).map((p) => p.id);
+          const asked: string[] = others.filter((o) => transport.connected(o));
+          const said = await Promise.all(asked.map((o) => early.knownBy(transport, o, peer)));
           const at = said.findIndex((i) => typeof i === 'string' && i !== hello.incarnation);
-          if (at >= 0) refusal = incarnations.refuse(config.nodeId, peer, hello.incarnation, said[at]!, others[at]!);
+          const met = others.filter((o) => incarnations.known(o) !== undefined);
+          const answered = asked.filter((o, k) => said[k] !== undefined && met.includes(o)).length;
+          const needed = Math.floor(met.length / 2) + 1;
+          if (at >= 0) refusal = incarnations.refuse(config.nodeId, peer, hello.incarnation, said[at]!, asked[at]!);
+          else if (joined && met.length > 0 && answered < needed) {
+            // For now only: nothing is recorded, and the peer dials again.
+            return `${config.nodeId} has not met ${peer}, and only ${answered} of the ${needed} other nodes it needs answered which copy of ${peer} they know; it asks again at the next connection`;
+          }
         }
         refusal ??= incarnations.admit(config.nodeId, peer, hello.incarnation);
         metrics.clusterReturnedPeers.set(incarnations.returned.size);
@@ -222,6 +235,7 @@ export class ClusterGroups implements Groups {
       await counter.close();
       throw err;
     }
+    joined = true;
     self = new ClusterGroups(config, log, host, transport, counter, placement, incarnations, refusedBy, early);
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
@@ -600,7 +614,6 @@ export class ClusterGroups implements Groups {
   async replaceNode(id: string): Promise<{ node: string; removed_from: number; forgotten_by: string[] }> {
     if (!this.nodes.some((n) => n.id === id)) throw new FastpacaError('not_found', `${JSON.stringify(id)} is not a node of this cluster (FASTPACA_PEERS)`);
     if (id === this.config.nodeId) throw new FastpacaError('conflict', 'a node does not replace itself: ask another node');
-    if (this.transport.connected(id)) throw new FastpacaError('conflict', `node ${id} is connected with the data directory this cluster knows: there is nothing to replace`);
     const others = this.nodes.filter((n) => n.id !== id && n.id !== this.config.nodeId).map((n) => n.id);
     const down = others.filter((n) => !this.transport.connected(n));
     if (down.length > 0) throw new FastpacaError('unavailable', `every other node must be up to replace one, and ${down.join(', ')} cannot be reached`, { retryAfterS: 5 });
@@ -608,19 +621,22 @@ export class ClusterGroups implements Groups {
     this.replacing = id;
     // Within the request's deadline, the forget step with a budget of its own (the caller runs
     // it all again if it fails: it is idempotent).
-    const deadline = performance.now() + Math.max(5_000, this.config.requestTimeoutMs - ForgetBudgetMs - 1_000);
+    const forgetMs = Math.min(ForgetBudgetMaxMs, Math.floor(this.config.requestTimeoutMs / 3));
+    const deadline = performance.now() + Math.max(1_000, this.config.requestTimeoutMs - forgetMs - 1_000);
     const raftId = raftIdOf(id);
     const views = async (): Promise<ClusterView[]> => {
       const ms = Math.max(1, Math.floor(deadline - performance.now()));
       return [this.cluster(), ...(await Promise.all(others.map((n) => this.call(n, { t: 's', id: 0, ms }, ms) as Promise<ClusterView>)))];
     };
     try {
-      // Lost to every node, not only to this one: a node that some other node still reaches is alive.
+      // The new copies: those some node refuses (a node may already have taken one, if a
+      // replacement was cut short and is run again).
       const first = await views();
-      const reaching = first.filter((v) => v.nodes.some((n) => n.id === id && n.connected));
-      if (reaching.length > 0) throw new FastpacaError('conflict', `node ${id} is connected to ${reaching.map((v) => v.node).join(', ')}: it is alive, and is not replaced`);
-      // The copy being replaced, as the nodes that refuse it know it.
-      const old = this.incarnations.known(id) ?? first.map((v) => v.nodes.find((n) => n.id === id)?.incarnation).find((i) => typeof i === 'string');
+      const fresh = [...new Set(first.flatMap((v) => v.nodes.filter((n) => n.id === id && n.returned_with !== undefined).map((n) => n.returned_with!)))];
+      // Lost to every node, not only to this one: a copy that is not a new one and that some node
+      // still reaches is alive.
+      const reaching = first.filter((v) => v.nodes.some((n) => n.id === id && n.connected && !(n.incarnation !== null && fresh.includes(n.incarnation))));
+      if (reaching.length > 0) throw new FastpacaError('conflict', `node ${id} is connected to ${reaching.map((v) => v.node).join(', ')} with the copy this cluster knows: it is alive, and is not replaced`);
       this.log.warn('replacing a node: removing it as a voter from every group', { node: id });
       let removed = 0;
       let next = 0;
@@ -639,12 +655,13 @@ export class ClusterGroups implements Groups {
       }
       // All at once, this node too: a node that has forgotten, asked by the new copy which copy
       // the others know, would otherwise hear the old one from a node that has not forgotten yet.
-      await Promise.all([
-        ...others.map((n) => this.call(n, { t: 'x', id: 0, ms: ForgetBudgetMs, node: id, ...(old === undefined ? {} : { old }) }, ForgetBudgetMs)),
-        Promise.resolve().then(() => this.forget(id, old)),
+      const forgot = await Promise.all([
+        Promise.resolve().then(() => this.forget(id, fresh)),
+        ...others.map((n) => this.call(n, { t: 'x', id: 0, ms: forgetMs, node: id, keep: fresh }, forgetMs) as Promise<boolean>),
       ]);
-      this.log.warn('replaced a node: it is taken as a new copy when it connects, and added back as a learner', { node: id, removed_from: removed });
-      return { node: id, removed_from: removed, forgotten_by: [this.config.nodeId, ...others] };
+      const forgottenBy = [this.config.nodeId, ...others].filter((_, i) => forgot[i] === true);
+      this.log.warn('replaced a node: it is taken as a new copy when it connects, and added back as a learner', { node: id, removed_from: removed, forgotten_by: forgottenBy });
+      return { node: id, removed_from: removed, forgotten_by: forgottenBy };
     } finally {
       this.replacing = undefined;
     }
@@ -675,20 +692,21 @@ export class ClusterGroups implements Groups {
   }
 
   /**
-   * Forgets `node`'s incarnation `old` here, the last step of its replacement: its next connection
-   * is taken as a new copy. Nothing to do when this node holds no incarnation of it, or another
-   * one than `old` (it forgot it before and took the new copy since: a replacement run again).
+   * Forgets the copy of `node` this node knows, the last step of its replacement: its next
+   * connection is taken as a new copy. Not a copy in `keep` (new copies, which this node may
+   * have taken already when a replacement is run again); true if a record was dropped.
    */
-  private forget(node: string, old: string | undefined): null {
+  private forget(node: string, keep: readonly string[]): boolean {
     if (!this.nodes.some((n) => n.id === node) || node === this.config.nodeId) throw new FastpacaError('invalid_request', `${JSON.stringify(node)} is not a peer of this node`);
     const known = this.incarnations.known(node);
-    if (known === undefined || (old !== undefined && known !== old)) return null;
+    if (known !== undefined && keep.includes(known)) return false;
     // Only a copy that is away: forgetting a live one would take whatever it says next as new.
-    if (this.transport.connected(node)) throw new FastpacaError('conflict', `node ${node} is connected with the copy this node knows: it is not forgotten`);
+    if (known !== undefined && this.transport.connected(node)) throw new FastpacaError('conflict', `node ${node} is connected with the copy this node knows: it is not forgotten`);
     this.incarnations.forget(node);
     metrics.clusterReturnedPeers.set(this.incarnations.returned.size);
+    if (known === undefined) return false;
     this.log.warn("forgot a peer's incarnation: its next connection is taken as a new copy", { peer: node, incarnation: known });
-    return null;
+    return true;
   }
 
   /** Runs a peer's forwarded request here (never forwarding it again) and answers it. */
@@ -712,7 +730,7 @@ export class ClusterGroups implements Groups {
         work = Promise.resolve(this.cluster());
         break;
       case 'x':
-        work = new Promise((resolve) => resolve(this.forget(f.node, f.old)));
+        work = new Promise((resolve) => resolve(this.forget(f.node, f.keep ?? [])));
         break;
       case 'i':
         work = Promise.resolve(this.incarnations.known(f.node) ?? null);

@@ -59,8 +59,8 @@ export type Forward =
   | { t: 'f'; id: number; ms: number }
   | { t: 'l'; id: number; ms: number; req: Extract<ReadRequest, { q: 'list' }> }
   | { t: 's'; id: number; ms: number }
-  /** "Forget node `node`'s incarnation `old`": the last step of replacing a node that lost its data. */
-  | { t: 'x'; id: number; ms: number; node: string; old?: string }
+  /** "Forget the copy of node `node` you know, unless it is one of `keep`": the last step of replacing a node that lost its data. */
+  | { t: 'x'; id: number; ms: number; node: string; keep?: string[] }
   /** "Which copy of node `node` do you know?" (a node admitting a peer it never met asks the others). */
   | { t: 'i'; id: number; ms: number; node: string };
 
@@ -182,7 +182,7 @@ export function peerMessageKind(v: unknown): PeerMessage['t'] | undefined {
     case 'i':
       return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 ? 'i' : undefined;
     case 'x':
-      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 && (v.old === undefined || (typeof v.old === 'string' && v.old.length <= 64)) ? 'x' : undefined;
+      return whole(v.id) && whole(v.ms) && typeof v.node === 'string' && v.node.length <= 253 && (v.keep === undefined || (Array.isArray(v.keep) && v.keep.length <= 64 && v.keep.every((k) => typeof k === 'string' && k.length <= 64))) ? 'x' : undefined;
     case 'a':
       return whole(v.id) && (v.err === undefined || isObject(v.err)) ? 'a' : undefined;
     default:

@@ -84,7 +84,8 @@ export class OpeningGroups implements Groups {
   }
 
   crash(index: number): Promise<unknown> {
-    return this.target?.crash ? this.target.crash(index) : Promise.reject(opening());
+    if (this.target === undefined) return Promise.reject(opening());
+    return this.target.crash ? this.target.crash(index) : Promise.reject(new FastpacaError('not_found', 'this node has no worker threads'));
   }
 
   close(): Promise<void> {

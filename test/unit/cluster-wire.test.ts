@@ -96,8 +96,8 @@ describe('peer messages', () => {
     expect(peerMessageKind({ t: 'f', id: 1, ms: 5 })).toBe('f');
     expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2' })).toBe('x');
     expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 2 })).toBeUndefined();
-    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2', old: 'abcd' })).toBe('x');
-    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2', old: 7 })).toBeUndefined();
+    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2', keep: ['abcd'] })).toBe('x');
+    expect(peerMessageKind({ t: 'x', id: 1, ms: 5, node: 'n2', keep: [7] })).toBeUndefined();
     expect(peerMessageKind({ t: 'i', id: 1, ms: 5, node: 'n2' })).toBe('i');
     expect(peerMessageKind({ t: 'i', id: 1, ms: 5 })).toBeUndefined();
     fc.assert(

@@ -283,6 +283,16 @@ describe('Transport: peer authentication and admission', () => {
     expect(a.received).toEqual([]);
   });
 
+  it('a dialing side refused after its proof backs off between redials, as after any failed connection', async () => {
+    // With a secret the dialing side opens before the accepting side admits it: being refused
+    // then must not count as a good connection that resets the delay (10 ms here, up to 100).
+    const { a, b } = await pair({ secret }, { secret, admit: (peer) => `${peer} is not welcome` });
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(b.counts.rejected).toBeGreaterThan(3);
+    expect(b.counts.rejected).toBeLessThan(25);
+    expect(a.received).toEqual([]);
+  });
+
   it('frames that arrive while a peer is being admitted wait, in order', async () => {
     const { a, b } = await pair({ admit: () => new Promise((r) => setTimeout(() => r(undefined), 100)) }, {});
     await until(() => b.transport.connected('a'));
