@@ -153,6 +153,8 @@ export class ClusterGroups implements Groups {
     const early = new EarlyPeers(membership?.founders, incarnations);
     /** Whether this directory belongs to the cluster (until then nodes meet as they found it). */
     let joined = membership !== undefined;
+    /** The last refusal logged for each peer. */
+    const refusedLast = new Map<string, string>();
     const refusedBy = new Map<string, string>();
     const transport: Transport = new Transport({
       clusterId: config.clusterId,
@@ -181,18 +183,25 @@ export class ClusterGroups implements Groups {
           const asked: string[] = others.filter((o) => transport.connected(o));
           const said = await Promise.all(asked.map((o) => early.knownBy(transport, o, peer)));
           const at = said.findIndex((i) => typeof i === 'string' && i !== hello.incarnation);
-          const met = others.filter((o) => incarnations.known(o) !== undefined);
+          // Not a node refused as wiped: its old copy's word is gone with its directory.
+          const met = others.filter((o) => incarnations.known(o) !== undefined && !incarnations.returned.has(o));
           const answered = asked.filter((o, k) => said[k] !== undefined && met.includes(o)).length;
           const needed = Math.floor(met.length / 2) + 1;
           if (at >= 0) refusal = incarnations.refuse(config.nodeId, peer, hello.incarnation, said[at]!, asked[at]!);
           else if (joined && met.length > 0 && answered < needed) {
             // For now only: nothing is recorded, and the peer dials again.
-            return `${config.nodeId} has not met ${peer}, and only ${answered} of the ${needed} other nodes it needs answered which copy of ${peer} they know; it asks again at the next connection`;
+            refusal = `${config.nodeId} has not met ${peer}, and has not yet heard from enough of the nodes it has met which copy of ${peer} they know; it asks again at the next connection`;
+            if (refusedLast.get(peer) !== refusal) log.warn('refusing a peer for now', { peer, reason: refusal, answered, needed });
+            refusedLast.set(peer, refusal);
+            return refusal;
           }
         }
         refusal ??= incarnations.admit(config.nodeId, peer, hello.incarnation);
         metrics.clusterReturnedPeers.set(incarnations.returned.size);
-        if (refusal !== undefined && incarnations.returned.get(peer) !== before) log.error('refusing a peer', { peer, reason: refusal });
+        // Once per peer and reason, not at every redial.
+        if (refusal !== undefined && (refusedLast.get(peer) !== refusal || incarnations.returned.get(peer) !== before)) log.error('refusing a peer', { peer, reason: refusal });
+        if (refusal === undefined) refusedLast.delete(peer);
+        else refusedLast.set(peer, refusal);
         return refusal;
       },
       onRefused: (peer, reason) => refusedBy.set(peer, reason),
@@ -614,7 +623,9 @@ export class ClusterGroups implements Groups {
   async replaceNode(id: string): Promise<{ node: string; removed_from: number; forgotten_by: string[] }> {
     if (!this.nodes.some((n) => n.id === id)) throw new FastpacaError('not_found', `${JSON.stringify(id)} is not a node of this cluster (FASTPACA_PEERS)`);
     if (id === this.config.nodeId) throw new FastpacaError('conflict', 'a node does not replace itself: ask another node');
-    const others = this.nodes.filter((n) => n.id !== id && n.id !== this.config.nodeId).map((n) => n.id);
+    // Nodes this node refuses as wiped too (lost at the same time) hold no membership that could
+    // still count the old copy's vote: they are left out, and replaced on their own turn.
+    const others = this.nodes.filter((n) => n.id !== id && n.id !== this.config.nodeId && !(this.incarnations.returned.has(n.id) && !this.transport.connected(n.id))).map((n) => n.id);
     const down = others.filter((n) => !this.transport.connected(n));
     if (down.length > 0) throw new FastpacaError('unavailable', `every other node must be up to replace one, and ${down.join(', ')} cannot be reached`, { retryAfterS: 5 });
     if (this.replacing !== undefined) throw new FastpacaError('conflict', `node ${this.replacing} is being replaced; one at a time`);
