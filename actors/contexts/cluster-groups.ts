@@ -151,10 +151,7 @@ export class ClusterGroups implements Groups {
     const membership = await ReplicaHost.membership(config);
     const incarnations = Incarnations.open(config.dataDir);
     const early = new EarlyPeers(membership?.founders, incarnations);
-    /** Whether this directory belongs to the cluster (until then nodes meet as they found it). */
-    let joined = membership !== undefined;
-    /** The last refusal logged for each peer. */
-    const refusedLast = new Map<string, string>();
+    const admission = new PeerAdmission(config, log, incarnations, early, membership !== undefined);
     const refusedBy = new Map<string, string>();
     const transport: Transport = new Transport({
       clusterId: config.clusterId,
@@ -170,40 +167,7 @@ export class ClusterGroups implements Groups {
       log,
       secret: config.clusterSecret === undefined ? undefined : Buffer.from(config.clusterSecret, 'utf8'),
       incarnation: incarnations.own,
-      admit: async (peer, hello): Promise<string | undefined> => {
-        const before = incarnations.returned.get(peer);
-        let refusal: string | undefined;
-        if (hello.incarnation !== undefined && incarnations.known(peer) === undefined) {
-          // Never met: a node that did meet it may know another copy (this node joined, or was
-          // itself replaced, after that copy was last here). Ask the others first; once this
-          // node is a member, a majority of the nodes it has met must answer before a stranger
-          // is taken as new (the nodes it has met, so that a new node meeting its peers one by
-          // one needs only those it already reaches).
-          const others = peers.filter((p) => p.id !== config.nodeId && p.id !== peer).map((p) => p.id);
-          const asked: string[] = others.filter((o) => transport.connected(o));
-          const said = await Promise.all(asked.map((o) => early.knownBy(transport, o, peer)));
-          const at = said.findIndex((i) => typeof i === 'string' && i !== hello.incarnation);
-          // Not a node refused as wiped: its old copy's word is gone with its directory.
-          const met = others.filter((o) => incarnations.known(o) !== undefined && !incarnations.returned.has(o));
-          const answered = asked.filter((o, k) => said[k] !== undefined && met.includes(o)).length;
-          const needed = Math.floor(met.length / 2) + 1;
-          if (at >= 0) refusal = incarnations.refuse(config.nodeId, peer, hello.incarnation, said[at]!, asked[at]!);
-          else if (joined && met.length > 0 && answered < needed) {
-            // For now only: nothing is recorded, and the peer dials again.
-            refusal = `${config.nodeId} has not met ${peer}, and has not yet heard from enough of the nodes it has met which copy of ${peer} they know; it asks again at the next connection`;
-            if (refusedLast.get(peer) !== refusal) log.warn('refusing a peer for now', { peer, reason: refusal, answered, needed });
-            refusedLast.set(peer, refusal);
-            return refusal;
-          }
-        }
-        refusal ??= incarnations.admit(config.nodeId, peer, hello.incarnation);
-        metrics.clusterReturnedPeers.set(incarnations.returned.size);
-        // Once per peer and reason, not at every redial.
-        if (refusal !== undefined && (refusedLast.get(peer) !== refusal || incarnations.returned.get(peer) !== before)) log.error('refusing a peer', { peer, reason: refusal });
-        if (refusal === undefined) refusedLast.delete(peer);
-        else refusedLast.set(peer, refusal);
-        return refusal;
-      },
+      admit: (peer, hello) => admission.admit(transport, peer, hello.incarnation),
       onRefused: (peer, reason) => refusedBy.set(peer, reason),
       counters: {
         framesSent: (n) => metrics.clusterFrames.inc({ direction: 'sent' }, n),
@@ -244,7 +208,7 @@ export class ClusterGroups implements Groups {
       await counter.close();
       throw err;
     }
-    joined = true;
+    admission.joined = true;
     self = new ClusterGroups(config, log, host, transport, counter, placement, incarnations, refusedBy, early);
     log.info('cluster node started', { nodes: nodeIds, hosted: host.groups.length, placed: placed.length, replicas });
     return self;
@@ -777,6 +741,63 @@ export function nextMembershipStep(st: GroupStatus, desired: readonly number[]):
   // The leader itself leaves: hand leadership to a desired voter that holds the whole log first.
   const to = desired.find((d) => st.voters.includes(d) && (match[d] ?? 0) >= st.lastIndex);
   return to === undefined ? undefined : { t: 't', req: { to } };
+}
+
+/**
+ * Decides on each peer at its handshake (the transport's admit hook, after the peer proved the
+ * cluster secret): a copy of a node that some node knows otherwise is refused (it came back with
+ * a wiped directory, see Incarnations), and a never-met peer's copy is recorded only once the
+ * nodes that may know better have been asked. Each refusal is logged once per peer and reason,
+ * not at every redial.
+ */
+class PeerAdmission {
+  private readonly logged = new Map<string, string>();
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+    private readonly incarnations: Incarnations,
+    private readonly early: EarlyPeers,
+    /** Whether this directory belongs to the cluster (until then nodes meet as they found it). */
+    public joined: boolean,
+  ) {}
+
+  async admit(transport: Transport, peer: string, incarnation: string | undefined): Promise<string | undefined> {
+    const inc = this.incarnations;
+    const self = this.config.nodeId;
+    if (incarnation !== undefined && inc.known(peer) === undefined) {
+      // Never met: a node that did meet it may know another copy (this node joined, or was
+      // itself replaced, after that copy was last here). Ask the others first; once this node is
+      // a member, a majority of the nodes it has met must answer before a stranger is taken as
+      // new (those it has met, so that a new node meeting its peers one by one needs only those
+      // it already reaches; not a node refused as wiped: its old word is gone with its directory).
+      const others = this.config.peers!.filter((p) => p.id !== self && p.id !== peer).map((p) => p.id);
+      const asked = others.filter((o) => transport.connected(o));
+      const said = await Promise.all(asked.map((o) => this.early.knownBy(transport, o, peer)));
+      const at = said.findIndex((i) => typeof i === 'string' && i !== incarnation);
+      if (at >= 0) return this.refused(peer, inc.refuse(self, peer, incarnation, said[at]!, asked[at]!), 'error');
+      const met = others.filter((o) => inc.known(o) !== undefined && !inc.returned.has(o));
+      const answered = asked.filter((o, k) => said[k] !== undefined && met.includes(o)).length;
+      if (this.joined && met.length > 0 && answered < Math.floor(met.length / 2) + 1) {
+        // For now only: nothing is recorded, and the peer dials again.
+        return this.refused(peer, `${self} has not met ${peer}, and has not yet heard from enough of the nodes it has met which copy of ${peer} they know; it asks again at the next connection`, 'warn');
+      }
+    }
+    const refusal = inc.admit(self, peer, incarnation);
+    metrics.clusterReturnedPeers.set(inc.returned.size);
+    if (refusal === undefined) {
+      this.logged.delete(peer);
+      return undefined;
+    }
+    return this.refused(peer, refusal, 'error');
+  }
+
+  private refused(peer: string, reason: string, level: 'warn' | 'error'): string {
+    metrics.clusterReturnedPeers.set(this.incarnations.returned.size);
+    if (this.logged.get(peer) !== reason) this.log[level]('refusing a peer', { peer, reason });
+    this.logged.set(peer, reason);
+    return reason;
+  }
 }
 
 /**
