@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { FastpacaError } from './errors.js';
 import type { Logger } from './log.js';
+import { metrics, type ThreadMetrics } from './metrics.js';
 import { createMailboxRings, type MailboxRings } from './mailbox.js';
 import { Rpc, type RpcOptions } from './rpc.js';
 
@@ -154,4 +155,31 @@ export class SupervisedWorker<D, CallOut, AnswerIn, CallIn, AnswerOut> {
       });
     });
   }
+}
+
+/** What a scrape needs of a worker: whether it is up, its mailbox, and a call that returns its metrics. */
+interface Scraped {
+  readonly up: boolean;
+  readonly channel: { mailbox: { outgoingBytes(): number; depthBytes(): number } } | undefined;
+  call(body: { t: 'metrics' }): Promise<unknown>;
+}
+
+/**
+ * For /metrics: sets the mailbox depth gauges from the rings (they hold the truth, nothing to
+ * keep in step) and collects the metrics of every worker that is up; one that is down, or does
+ * not answer, has none to add (its counters start again with it).
+ */
+export async function scrapeWorkers(workers: readonly Scraped[]): Promise<ThreadMetrics[]> {
+  let toWorker = 0;
+  let fromWorker = 0;
+  for (const w of workers) {
+    const mailbox = w.channel?.mailbox;
+    if (!mailbox) continue;
+    toWorker += mailbox.outgoingBytes();
+    fromWorker += mailbox.depthBytes();
+  }
+  metrics.mailboxDepth.set({ direction: 'to_worker' }, toWorker);
+  metrics.mailboxDepth.set({ direction: 'from_worker' }, fromWorker);
+  const all = await Promise.all(workers.map((w) => (w.up ? (w.call({ t: 'metrics' }) as Promise<ThreadMetrics>).catch(() => undefined) : undefined)));
+  return all.filter((m) => m !== undefined);
 }

@@ -1,9 +1,8 @@
 import type { Config } from '../../runtime/config.js';
 import { FastpacaError, assert } from '../../runtime/errors.js';
-import { groupOf } from '../../runtime/hash.js';
 import type { Logger } from '../../runtime/log.js';
 import { metrics, type ThreadMetrics } from '../../runtime/metrics.js';
-import { SupervisedWorker } from '../../runtime/supervisor.js';
+import { SupervisedWorker, scrapeWorkers } from '../../runtime/supervisor.js';
 import type { ClusterWorkerData, ToClusterWorker } from './group-protocol.js';
 import type { Groups, Readiness } from './groups.js';
 import type { QueryResult } from './queries.js';
@@ -57,13 +56,12 @@ export class ClusterOnWorker implements Groups {
     return new ClusterOnWorker(config.groups, worker);
   }
 
+  // The worker's ClusterGroups checks that the group owns the id: it is not hashed twice here.
   write(group: number, req: WriteRequest): Promise<CommandResult> {
-    assert(group === groupOf(req.id, this.count), 'write addressed to the group that owns the id');
     return this.worker.call({ t: 'write', group, req }) as Promise<CommandResult>;
   }
 
   read(group: number, req: ReadRequest & { id: string }): Promise<QueryResult> {
-    assert(group === groupOf(req.id, this.count), 'read addressed to the group that owns the id');
     return this.worker.call({ t: 'read', group, req }) as Promise<QueryResult>;
   }
 
@@ -85,13 +83,8 @@ export class ClusterOnWorker implements Groups {
     return this.worker.call({ t: 'replace', node: id });
   }
 
-  async metrics(): Promise<ThreadMetrics[]> {
-    const mailbox = this.worker.channel?.mailbox;
-    metrics.mailboxDepth.set({ direction: 'to_worker' }, mailbox?.outgoingBytes() ?? 0);
-    metrics.mailboxDepth.set({ direction: 'from_worker' }, mailbox?.depthBytes() ?? 0);
-    if (!this.worker.up) return [];
-    const m = await (this.worker.call({ t: 'metrics' }) as Promise<ThreadMetrics>).catch(() => undefined);
-    return m === undefined ? [] : [m];
+  metrics(): Promise<ThreadMetrics[]> {
+    return scrapeWorkers([this.worker]);
   }
 
   /** Test hook: make the cluster worker (index 0, the only one) throw, as a bug would. */

@@ -4,7 +4,7 @@ import { FastpacaError, assert } from '../../runtime/errors.js';
 import { groupOf } from '../../runtime/hash.js';
 import type { Logger } from '../../runtime/log.js';
 import { metrics, type ThreadMetrics } from '../../runtime/metrics.js';
-import { SupervisedWorker } from '../../runtime/supervisor.js';
+import { SupervisedWorker, scrapeWorkers } from '../../runtime/supervisor.js';
 import { PoolTokenCounter } from '../tokenizer/pool.js';
 import type { FromGroupWorker, GroupWorkerData, ToGroupWorker } from './group-protocol.js';
 import { recoverLogs, type Groups, type Readiness } from './groups.js';
@@ -94,11 +94,8 @@ export class WorkerGroups implements Groups {
     return down < 0 ? { ready: true } : { ready: false, reason: `worker ${down} is restarting` };
   }
 
-  /** A worker that is down has no metrics to add; its counters start again with it. */
-  async metrics(): Promise<ThreadMetrics[]> {
-    this.collectDepth();
-    const all = await Promise.all(this.workers.map((w) => (w.up ? (w.call({ t: 'metrics' }) as Promise<ThreadMetrics>).catch(() => undefined) : undefined)));
-    return all.filter((m) => m !== undefined);
+  metrics(): Promise<ThreadMetrics[]> {
+    return scrapeWorkers(this.workers);
   }
 
   /** Test hook: make worker `index` throw, as a bug would. */
@@ -112,19 +109,5 @@ export class WorkerGroups implements Groups {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.close({ t: 'close' })));
     await this.counter.close();
-  }
-
-  /** Depth is read when scraped: the rings hold the truth, nothing to keep in step. */
-  private collectDepth(): void {
-    let toWorker = 0;
-    let fromWorker = 0;
-    for (const w of this.workers) {
-      const mailbox = w.channel?.mailbox;
-      if (!mailbox) continue;
-      toWorker += mailbox.outgoingBytes();
-      fromWorker += mailbox.depthBytes();
-    }
-    metrics.mailboxDepth.set({ direction: 'to_worker' }, toWorker);
-    metrics.mailboxDepth.set({ direction: 'from_worker' }, fromWorker);
   }
 }
