@@ -36,6 +36,17 @@ export function workerEndpoint<D, CallOut, AnswerIn, CallIn, AnswerOut>(
   };
 }
 
+/**
+ * A worker's end of its mailbox: its calls to the gateway are few (token counts), and the
+ * gateway bounds what it sends, so these limits only catch a runaway.
+ */
+export const WorkerRpcOptions: RpcOptions = {
+  timeoutMs: 30_000,
+  inflightMax: 100_000,
+  outboxMax: 1_000_000,
+  counters: { full: () => metrics.mailboxFull.labels('from_worker').inc() },
+};
+
 /** What a worker reports when the gateway scrapes it: time in its handlers and messages taken, since the last scrape. */
 export class WorkerAccounting {
   private busyMs = 0;

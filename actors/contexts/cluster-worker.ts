@@ -6,19 +6,14 @@
  * it after a crash without losing anything acknowledged (to its peers, a node that restarted).
  */
 import { createLogger } from '../../runtime/log.js';
-import { metrics, setMetricsThread } from '../../runtime/metrics.js';
-import { WorkerAccounting, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
+import { setMetricsThread } from '../../runtime/metrics.js';
+import { WorkerAccounting, WorkerRpcOptions, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
 import { ClusterGroups } from './cluster-groups.js';
 import type { ClusterWorkerData, ToClusterWorker } from './group-protocol.js';
 
 let groups: ClusterGroups | undefined;
 const accounting = new WorkerAccounting();
-const endpoint = workerEndpoint<ClusterWorkerData, never, unknown, ToClusterWorker, unknown>(handle, {
-  timeoutMs: 30_000,
-  inflightMax: 100_000,
-  outboxMax: 1_000_000,
-  counters: { full: () => metrics.mailboxFull.labels('from_worker').inc() },
-});
+const endpoint = workerEndpoint<ClusterWorkerData, never, unknown, ToClusterWorker, unknown>(handle, WorkerRpcOptions);
 const { config } = endpoint.data;
 setMetricsThread('cluster');
 const log = createLogger(config.logLevel, { node_id: config.nodeId, thread: 'cluster' });

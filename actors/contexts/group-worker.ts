@@ -9,7 +9,7 @@ import { workerOf } from '../../runtime/actor.js';
 import { FastpacaError } from '../../runtime/errors.js';
 import { createLogger } from '../../runtime/log.js';
 import { metrics, setMetricsThread } from '../../runtime/metrics.js';
-import { WorkerAccounting, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
+import { WorkerAccounting, WorkerRpcOptions, crashSoon, workerEndpoint } from '../../runtime/worker-endpoint.js';
 import type { FromGroupWorker, GroupWorkerData, ToGroupWorker } from './group-protocol.js';
 import { openHost, type OpenedHost } from './groups.js';
 import type { TokenCounter } from './prepare.js';
@@ -17,12 +17,7 @@ import type { TokenCounter } from './prepare.js';
 let opened: OpenedHost | undefined;
 
 const accounting = new WorkerAccounting();
-const endpoint = workerEndpoint<GroupWorkerData, FromGroupWorker, unknown, ToGroupWorker, unknown>(handle, {
-  timeoutMs: 30_000,
-  inflightMax: 100_000,
-  outboxMax: 1_000_000,
-  counters: { full: () => metrics.mailboxFull.labels('from_worker').inc() },
-});
+const endpoint = workerEndpoint<GroupWorkerData, FromGroupWorker, unknown, ToGroupWorker, unknown>(handle, WorkerRpcOptions);
 const { config, index } = endpoint.data;
 setMetricsThread(`worker-${index}`);
 const log = createLogger(config.logLevel, { node_id: config.nodeId, thread: `worker-${index}` });
