@@ -151,7 +151,9 @@ export class TestCluster {
       const views = await Promise.all(this.nodes.map((n, i) => (n.server ? this.view(i) : undefined)));
       const lagging: string[] = [];
       const byGroup = new Map<number, Array<{ node: string; applied: number; commit: number; leader: string | null }>>();
-      for (const v of views) {
+      for (const [i, v] of views.entries()) {
+        // A node that is still joining answers 503 (no group_status): it has not caught up.
+        if (this.nodes[i]!.server && !Array.isArray(v?.group_status)) lagging.push(`${this.nodes[i]!.id} is still joining`);
         for (const s of v?.group_status ?? []) {
           // A node that left a group (or has not joined it yet) does not follow it.
           if (!s.voters.includes(v!.node) && !s.learners.includes(v!.node)) continue;
